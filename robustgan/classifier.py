@@ -1,0 +1,64 @@
+"""The one view of a trained model that attacks and evaluation see.
+
+A `Classifier` is a pytree: its variables are leaves (so it passes through `jax.jit`
+and `jax.grad` like any array), while the apply function, the data bounds and the class
+count are static. A defense front-end (Defense-GAN's projection, ATGAN's generator) is
+part of `apply_fn`, so every attack runs against every defended model the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+from flax import struct
+
+ApplyFn = Callable[[Any, jax.Array, jax.Array | None], jax.Array]
+
+
+@struct.dataclass
+class Classifier:
+    """`logits(x, rng)` of a model in inference mode, with its input bounds.
+
+    apply_fn: (variables, x, rng) -> logits; must be hashable and compare by value
+      (a `ModelApply` or a module-level function) so jitted attacks do not retrace.
+    variables: the model's parameters and state (a pytree).
+    bounds: (low, high) of valid inputs: the data range.
+    num_classes: number of output classes.
+    """
+
+    apply_fn: ApplyFn = struct.field(pytree_node=False)
+    variables: Any
+    bounds: tuple[float, float] = struct.field(pytree_node=False)
+    num_classes: int = struct.field(pytree_node=False)
+
+    def logits(self, x: jax.Array, rng: jax.Array | None = None) -> jax.Array:
+        return self.apply_fn(self.variables, x, rng)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelApply:
+    """Applies a Flax Linen module without changing its state.
+
+    batch_norm='eval' uses the running averages; 'batch_stats' normalizes with the
+    statistics of the batch being attacked (as Wang & Yu's code evaluated) and throws
+    the updated averages away. Dropout is off in both. Modules follow the models/
+    calling convention `module(x, train=..., batch_stats=...)`.
+    """
+
+    module: nn.Module
+    batch_norm: str = "eval"
+
+    def __post_init__(self):
+        if self.batch_norm not in ("eval", "batch_stats"):
+            raise ValueError(f"batch_norm must be 'eval' or 'batch_stats', got {self.batch_norm!r}")
+
+    def __call__(self, variables, x, rng=None):
+        if self.batch_norm == "eval":
+            return self.module.apply(variables, x, train=False)
+        logits, _ = self.module.apply(
+            variables, x, train=False, batch_stats=True, mutable=["batch_stats"]
+        )
+        return logits

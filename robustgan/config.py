@@ -1,0 +1,235 @@
+"""Config defaults, recipes and validation shared by the files in configs/.
+
+A config file in configs/ is `get_config(arg) -> ConfigDict` (big_vision style); `arg`
+names the method, optionally followed by comma-separated options
+(`configs/mnist.py:pgd_at,cpu`). Everything a run needs is in the ConfigDict, which is
+locked: an unknown key is an error, never silently added.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+
+import ml_collections
+
+from robustgan.errors import ConfigError
+
+METHODS = ("standard", "pgd_at")
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "step", "cosine")
+DATA_SOURCES = ("tfds", "idx", "imagefolder", "npz", "embedded")
+BATCH_NORM_MODES = ("eval", "batch_stats")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every key a run reads, with neutral defaults; dataset configs override them."""
+    c = ml_collections.ConfigDict()
+    c.method = "standard"
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "tfds"
+    c.data.name = "mnist"
+    c.data.dir = ""
+    c.data.num_classes = 10
+    c.data.validation_size = 0
+    c.data.svhn_extra = False
+    c.data.value_range = (0.0, 1.0)
+    c.data.pad_crop = 0
+    c.data.flip = False
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "d1"
+    c.model.kwargs = ml_collections.ConfigDict()
+
+    c.batch_size = 64
+    c.num_train_steps = 1000
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "sgd"
+    c.optimizer.learning_rate = 0.01
+    c.optimizer.momentum = 0.9
+    c.optimizer.b1 = 0.9
+    c.optimizer.weight_decay = 1e-4
+    c.optimizer.schedule = "step"
+    # 'step': the learning rate is divided by 10 at each of these fractions of training.
+    c.optimizer.decay_at = (0.5,)
+    c.optimizer.warmup_steps = 0
+
+    # The attack adversarial training runs against (pgd_at): Madry et al. PGD.
+    c.train_attack = ml_collections.ConfigDict()
+    c.train_attack.eps = 0.3
+    c.train_attack.step_size = 0.075
+    c.train_attack.steps = 10
+    c.train_attack.random_start = True
+    # eps grows linearly from 0 to eps over the first eps_ramp_steps (0: no ramp).
+    c.train_attack.eps_ramp_steps = 0
+    # FracAT (Wang et al., ATGAN): the fraction of each batch replaced by adversarial images.
+    c.train_attack.fraction = 1.0
+    c.train_attack.batch_norm = "batch_stats"
+    c.train_attack.unroll = 0  # 0: the attack's default for this backend
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = 500
+    c.eval.eps = 0.3
+    c.eval.pgd_steps = 10
+    c.eval.pgd_step_size = 0.075
+    c.eval.pgd_restarts = 1
+    c.eval.batch_norm = "eval"
+    c.eval.num_examples = 0  # 0: the whole test split
+    c.eval.split = "test"
+
+    c.log_every = 50
+    c.checkpoint_every = 1000
+    c.keep_checkpoints = 3
+    c.progress_bar = True
+    # Options given after the method in the config argument (e.g. "cpu"), for the record.
+    c.options = ""
+    return c
+
+
+def parse_arg(arg: str | None, known_options=()) -> tuple[str, set[str]]:
+    """Splits 'method[,option...]' and checks both against what the config file offers."""
+    parts = [p.strip() for p in (arg or "standard").split(",") if p.strip()]
+    method, options = parts[0], set(parts[1:])
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r} in the config argument; choose one of {METHODS}")
+    unknown = options - set(known_options)
+    if unknown:
+        raise ConfigError(
+            f"unknown config option(s) {sorted(unknown)}; this config offers {sorted(known_options)}"
+        )
+    return method, options
+
+
+def _check_choice(key: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"config.{key}={value!r} is not valid; choose one of {choices}")
+
+
+def _check_range(key: str, value, low, high) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"config.{key}={value!r} is out of range: must be in [{low}, {high}]")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Stops a bad config before anything is loaded or compiled, naming the key."""
+    _check_choice("method", config.method, METHODS)
+    _check_choice("data.source", config.data.source, DATA_SOURCES)
+    _check_choice("optimizer.name", config.optimizer.name, OPTIMIZERS)
+    _check_choice("optimizer.schedule", config.optimizer.schedule, SCHEDULES)
+    _check_choice("train_attack.batch_norm", config.train_attack.batch_norm, BATCH_NORM_MODES)
+    _check_choice("eval.batch_norm", config.eval.batch_norm, BATCH_NORM_MODES)
+    _check_choice("eval.split", config.eval.split, ("test", "validation"))
+    for key in ("train_attack.eps", "train_attack.step_size", "eval.eps", "eval.pgd_step_size"):
+        _check_range(key, _get(config, key), 0.0, 1.0)
+    _check_range("train_attack.fraction", config.train_attack.fraction, 0.0, 1.0)
+    for key in ("batch_size", "num_train_steps", "eval.batch_size", "log_every",
+                "checkpoint_every", "keep_checkpoints", "data.num_classes"):
+        if _get(config, key) < 1:
+            raise ConfigError(f"config.{key}={_get(config, key)!r} must be a positive integer")
+    for key in ("train_attack.steps", "eval.pgd_steps", "eval.pgd_restarts"):
+        if _get(config, key) < 1:
+            raise ConfigError(f"config.{key}={_get(config, key)!r} must be at least 1")
+    low, high = config.data.value_range
+    if not low < high:
+        raise ConfigError(f"config.data.value_range={tuple(config.data.value_range)} must be (low, high)")
+    if config.optimizer.learning_rate <= 0:
+        raise ConfigError("config.optimizer.learning_rate must be positive")
+    if config.data.validation_size < 0:
+        raise ConfigError("config.data.validation_size must be >= 0")
+    if config.eval.split == "validation" and config.data.validation_size == 0:
+        raise ConfigError("config.eval.split='validation' needs config.data.validation_size > 0")
+    if any(not 0.0 < f < 1.0 for f in config.optimizer.decay_at):
+        raise ConfigError("config.optimizer.decay_at holds fractions of training in (0, 1)")
+
+
+def _get(config, dotted: str):
+    for part in dotted.split("."):
+        config = config[part]
+    return config
+
+
+_OVERRIDE = re.compile(r"^--config\.([A-Za-z0-9_.]+)(=|$)")
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Names an unknown `--config.key=value` override before absl parses it.
+
+    ml_collections would raise a bare AttributeError; this loads the config file the
+    same way and says which key does not exist and which keys its parent has.
+    """
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if spec is None and "--config" in argv[:-1]:
+        spec = argv[argv.index("--config") + 1]
+    if spec is None:
+        return
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("_robustgan_config", path)
+    if module_spec is None or module_spec.loader is None:
+        raise ConfigError(f"cannot load config file {path!r}")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config(arg or None)
+    for a in argv:
+        match = _OVERRIDE.match(a)
+        if not match:
+            continue
+        node, walked = config, []
+        for part in match.group(1).split("."):
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                where = "config" + "".join(f".{w}" for w in walked)
+                keys = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+                raise ConfigError(
+                    f"unknown config key 'config.{match.group(1)}': {where} has no key "
+                    f"{part!r}. Valid keys there: {keys}"
+                )
+            node, walked = node[part], walked + [part]
+
+
+def paper_classifier_config(arg, *, name: str, model: str, eps: float, value_range,
+                            learning_rate: float, weight_decay: float, num_train_steps: int,
+                            model_kwargs=None, known_options=()) -> ml_collections.ConfigDict:
+    """Wang & Yu's classifier setting (section 4): SGD momentum 0.9, batch 64, lr / 10
+    after half the steps; PGD-10 with step eps/4 and a uniform random start, for
+    training and evaluation alike. Returns the config unlocked for the caller's edits."""
+    from robustgan.data import default_source
+
+    method, options = parse_arg(arg, known_options)
+    c = base_config()
+    c.method = method
+    c.data.name = name
+    c.data.source, c.data.dir = default_source(name)
+    c.data.value_range = tuple(value_range)
+    c.model.name = model
+    c.model.kwargs = ml_collections.ConfigDict(model_kwargs or {})
+    c.batch_size = 64
+    c.num_train_steps = num_train_steps
+    c.optimizer.name = "sgd"
+    c.optimizer.learning_rate = learning_rate
+    c.optimizer.momentum = 0.9
+    c.optimizer.weight_decay = weight_decay
+    c.optimizer.schedule = "step"
+    c.optimizer.decay_at = (0.5,)
+    for block in (c.train_attack, c.eval):
+        block.eps = eps
+    c.train_attack.step_size = c.eval.pgd_step_size = eps / 4
+    c.train_attack.steps = c.eval.pgd_steps = 10
+    c.options = ",".join(sorted(options))
+    return c
+
+
+def apply_cpu_recipe(c: ml_collections.ConfigDict, *, epochs: float, train_size: int) -> None:
+    """The recipe that fits a CPU budget (ARCHITECTURE.md): Adam 1e-3, eps ramped
+    linearly from 0 over the first epoch, cosine decay, `epochs` epochs in all.
+    Plain SGD from scratch at MNIST eps 0.3 can collapse to a constant predictor."""
+    steps_per_epoch = train_size // c.batch_size
+    c.num_train_steps = int(epochs * steps_per_epoch)
+    c.optimizer.name = "adam"
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.b1 = 0.9
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.schedule = "cosine"
+    c.train_attack.eps_ramp_steps = steps_per_epoch
+    c.checkpoint_every = steps_per_epoch // 2

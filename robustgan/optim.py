@@ -1,0 +1,43 @@
+"""Optimizers and learning-rate schedules built from a config's `optimizer` block."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+
+def learning_rate_schedule(opt_config, num_steps: int) -> optax.Schedule:
+    """constant; step (divide by 10 at each `decay_at` fraction, as Wang & Yu do); cosine.
+
+    An optional linear warm-up over `warmup_steps` precedes it.
+    """
+    lr = opt_config.learning_rate
+    if opt_config.schedule == "constant":
+        schedule = optax.constant_schedule(lr)
+    elif opt_config.schedule == "step":
+        boundaries = {int(f * num_steps): 0.1 for f in opt_config.decay_at}
+        schedule = optax.piecewise_constant_schedule(lr, boundaries)
+    else:
+        schedule = optax.cosine_decay_schedule(lr, max(num_steps, 1))
+    if opt_config.warmup_steps:
+        warmup = optax.linear_schedule(0.0, lr, opt_config.warmup_steps)
+        schedule = optax.join_schedules([warmup, schedule], [opt_config.warmup_steps])
+    return schedule
+
+
+def _kernels_only(params):
+    """Weight decay applies to conv/dense kernels, not biases or BatchNorm scales."""
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(opt_config, num_steps: int) -> optax.GradientTransformation:
+    """SGD with momentum or Adam, plus L2 weight decay (0.5 * wd * ||w||^2 on kernels)."""
+    schedule = learning_rate_schedule(opt_config, num_steps)
+    if opt_config.name == "sgd":
+        base = optax.sgd(schedule, momentum=opt_config.momentum or None)
+    else:
+        base = optax.adam(schedule, b1=opt_config.b1)
+    if not opt_config.weight_decay:
+        return base
+    decay = optax.add_decayed_weights(opt_config.weight_decay, mask=_kernels_only)
+    return optax.chain(decay, base)

@@ -1,0 +1,167 @@
+"""The generic training loop: data, mesh, jitted step, checkpoints, metrics, progress.
+
+Method-agnostic: it runs whatever `methods.build(config)` returns. Determinism: the
+batch at global step t and the step's key `fold_in(key(seed), t)` depend only on
+(seed, t), so a resumed run replays exactly the steps an uninterrupted run takes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from tqdm import tqdm
+
+from robustgan import checkpoint, data, methods, parallel, report
+from robustgan.errors import ConfigError, DivergenceError
+
+
+def prepare_run(config, workdir: str):
+    """Loads data and builds the method, mesh and initial state; checks shapes early."""
+    dataset = data.load_dataset(config.data)
+    mesh = parallel.make_mesh()
+    parallel.check_batch_size(config.batch_size, mesh)
+    parallel.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
+    method = methods.build(config, dataset.num_classes)
+    sample = data.scale(dataset.x_train[:1], config.data.value_range)
+    init_key, _ = jax.random.split(jax.random.key(config.seed))
+    state = jax.jit(method.init)(init_key, sample)  # raises ConfigError on a bad image shape
+    os.makedirs(workdir, exist_ok=True)
+    return dataset, mesh, method, state
+
+
+class MetricsLog:
+    """Training metrics as JSON lines (metrics.jsonl) and TensorBoard event files."""
+
+    def __init__(self, workdir: str):
+        from tensorboardX import SummaryWriter
+
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._file = open(self.path, "a")
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        self._file.write(json.dumps({"step": step, **values}) + "\n")
+        self._file.flush()
+        for k, v in values.items():
+            self._tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        self._file.close()
+        self._tb.close()
+
+
+def _truncate_log(path: str, last_step: int) -> None:
+    """Drops logged steps after the checkpoint a resumed run restarts from."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        rows = [line for line in f if line.strip() and json.loads(line)["step"] <= last_step]
+    with open(path, "w") as f:
+        f.writelines(rows)
+
+
+def _flush(pending, log: MetricsLog, batch_size: int, seconds: float):
+    """Fetches the pending steps' metrics, stops on the first non-finite loss, logs means."""
+    host = jax.device_get(pending)
+    for step, metrics in host:
+        bad = {k: float(v) for k, v in metrics.items() if not np.isfinite(v)}
+        if bad:
+            raise DivergenceError(
+                f"non-finite training metrics at step {step}: {bad}. The last good checkpoint "
+                f"is kept; lower the learning rate, add an eps ramp "
+                f"(config.train_attack.eps_ramp_steps) or change the seed, then resume."
+            )
+    last_step = host[-1][0]
+    means = {k: float(np.mean([m[k] for _, m in host])) for k in host[0][1]}
+    means["images_per_second"] = len(host) * batch_size / max(seconds, 1e-9)
+    log.write(last_step, means)
+    return means
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def train(config, workdir: str):
+    """Trains config.method to config.num_train_steps, resuming from workdir if possible.
+
+    Returns (dataset, method, state) with the final state on the host's default device.
+    """
+    dataset, mesh, method, state = prepare_run(config, workdir)
+    ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+    start = ckpts.latest_step() or 0
+    if start:
+        state = ckpts.restore(state, start)
+        logging.info("resumed from step %d in %s", start, ckpts.directory)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+
+    state = parallel.replicate(state, mesh)
+    step_fn = jax.jit(method.train_step, donate_argnums=0)
+    log_path = os.path.join(workdir, "metrics.jsonl")
+    _truncate_log(log_path, start)
+    log = MetricsLog(workdir)
+    base_key = jax.random.key(config.seed + 1)
+    batches = data.train_batches(
+        dataset, config.batch_size, config.seed, start,
+        pad_crop=config.data.pad_crop, flip=config.data.flip,
+    )
+    total = config.num_train_steps
+    bar = tqdm(total=total, initial=start, disable=not config.progress_bar, unit="step",
+               dynamic_ncols=True, desc=config.method)
+    pending, tick = [], time.perf_counter()
+    try:
+        for step in range(start, total):
+            x, y = next(batches)
+            x, y = parallel.shard_batch((data.scale(x, config.data.value_range), y), mesh)
+            state, metrics = step_fn(state, x, y, jax.random.fold_in(base_key, step))
+            pending.append((step + 1, metrics))
+            done = step + 1
+            save = done % config.checkpoint_every == 0 or done == total
+            if done % config.log_every == 0 or save:
+                means = _flush(pending, log, config.batch_size, time.perf_counter() - tick)
+                bar.update(len(pending))
+                bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()})
+                logging.info("step %d/%d %s", done, total,
+                             " ".join(f"{k}={v:.4g}" for k, v in means.items()))
+                pending, tick = [], time.perf_counter()
+            if save:
+                if not bool(_all_finite(state)):
+                    raise DivergenceError(
+                        f"the training state became non-finite by step {done}; the last good "
+                        f"checkpoint ({ckpts.latest_step()}) is kept. Lower the learning rate "
+                        f"or add an eps ramp, then resume."
+                    )
+                ckpts.save(done, state)
+    finally:
+        bar.close()
+        log.close()
+        ckpts.wait()
+        ckpts.close()
+    report.training_curves(log_path, os.path.join(workdir, "training_curves.png"))
+    return dataset, method, jax.device_get(state)
+
+
+def restore_trained(config, workdir: str):
+    """(dataset, method, state) of a finished run in workdir, for --mode eval."""
+    dataset, _, method, state = prepare_run(config, workdir)
+    ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+    try:
+        step = ckpts.latest_step()
+        if step is None:
+            raise ConfigError(f"no checkpoint in {workdir}: train first (--mode train)")
+        if step < config.num_train_steps:
+            logging.warning("evaluating step %d of %d: training did not finish", step,
+                            config.num_train_steps)
+        return dataset, method, ckpts.restore(state, step)
+    finally:
+        ckpts.close()

@@ -1,0 +1,53 @@
+"""Small shared test fixtures: a tiny learnable dataset and a config that trains on it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from robustgan import config as configlib
+
+
+def write_tiny_npz(path, num_train=256, num_test=64, size=28, seed=0):
+    """Digits-like toy data: class k lights up a distinct bright patch (learnable fast)."""
+    rng = np.random.default_rng(seed)
+
+    def make(n):
+        y = rng.integers(0, 10, n).astype(np.int32)
+        x = rng.integers(0, 60, (n, size, size, 1)).astype(np.uint8)
+        for i, k in enumerate(y):
+            r, c = divmod(int(k), 5)
+            x[i, 4 + 10 * r : 10 + 10 * r, 1 + 5 * c : 5 + 5 * c] = 255
+        return x, y
+
+    (xt, yt), (xs, ys) = make(num_train), make(num_test)
+    np.savez(path, x_train=xt, y_train=yt, x_test=xs, y_test=ys)
+    return str(path)
+
+
+def tiny_config(tmp_path, method="standard", steps=8, **overrides):
+    """A base config training D1 for `steps` steps of batch 16 on the tiny npz data."""
+    c = configlib.base_config()
+    c.method = method
+    c.data.source = "npz"
+    c.data.name = "tiny"
+    c.data.dir = write_tiny_npz(tmp_path / "tiny.npz")
+    c.data.value_range = (-1.0, 1.0)
+    c.batch_size = 16
+    c.num_train_steps = steps
+    c.optimizer.name = "adam"
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.schedule = "constant"
+    c.train_attack.steps = 2
+    c.eval.batch_size = 32
+    c.eval.pgd_steps = 2
+    c.log_every = 2
+    c.checkpoint_every = 4
+    c.progress_bar = False
+    for key, value in overrides.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    c.lock()
+    return c

@@ -1,0 +1,147 @@
+"""End-to-end runs of the training loop, resume, and its failure modes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+from helpers import tiny_config
+
+from robustgan import checkpoint, main, train
+from robustgan.errors import CheckpointError, ConfigError, DivergenceError
+
+
+def _params(workdir, config):
+    _, _, state = train.restore_trained(config, workdir)
+    return jax.tree.leaves(state.params)
+
+
+@pytest.mark.parametrize("method", ["standard", "pgd_at"])
+def test_train_then_evaluate_writes_every_artifact(tmp_path, method):
+    config = tiny_config(tmp_path, method, steps=6)
+    workdir = str(tmp_path / "run")
+    results = main.run(config, workdir, "train")
+    for key in ("clean", "fgsm", "pgd", "min"):
+        assert 0.0 <= results[key] <= 1.0
+    assert results["min"] <= min(results["clean"], results["fgsm"], results["pgd"])
+    assert results["num_examples"] == 64
+    for name in ("results.json", "results.md", "metrics.jsonl", "config.json",
+                 "training_curves.png"):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    assert os.listdir(os.path.join(workdir, "tensorboard"))
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    assert "| No noise | FGS | PGD | Min |" in open(os.path.join(workdir, "results.md")).read()
+    # --mode eval reads the same checkpoint back and reproduces the numbers.
+    assert main.run(config, workdir, "eval") == results
+
+
+def test_standard_training_learns_the_toy_task(tmp_path):
+    config = tiny_config(tmp_path, "standard", steps=40)
+    results = main.run(config, str(tmp_path / "run"), "train")
+    assert results["clean"] > 0.9
+
+
+def test_eval_without_checkpoint_says_train_first(tmp_path):
+    with pytest.raises(ConfigError, match="train first"):
+        main.run(tiny_config(tmp_path), str(tmp_path / "empty"), "eval")
+
+
+def test_model_that_cannot_take_the_image_shape_stops_early(tmp_path):
+    config = tiny_config(tmp_path, **{"model.name": "d2"})
+    with pytest.raises(ConfigError, match="d2"):
+        main.run(config, str(tmp_path / "run"), "train")
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_good_checkpoint(tmp_path):
+    config = tiny_config(tmp_path, steps=20, **{
+        "optimizer.name": "sgd", "optimizer.learning_rate": 1e12, "optimizer.momentum": 0.0,
+        "log_every": 1, "checkpoint_every": 1})
+    workdir = str(tmp_path / "run")
+    with pytest.raises(DivergenceError, match=r"(at step|by step) \d+") as info:
+        train.train(config, workdir)
+    assert "last good checkpoint" in str(info.value)
+    ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"))
+    kept = ckpts.latest_step()
+    ckpts.close()
+    if kept is not None:  # whatever was saved must be finite
+        leaves = _params(workdir, config)
+        assert all(np.isfinite(leaf).all() for leaf in leaves)
+
+
+def test_corrupt_checkpoint_gives_clear_error_and_keeps_the_good_ones(tmp_path):
+    workdir = str(tmp_path / "run")
+    train.train(tiny_config(tmp_path, steps=8), workdir)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    assert sorted(os.listdir(ckpt_dir)) == ["4", "8"]
+    good_files = {p: open(p, "rb").read() for p in _files(os.path.join(ckpt_dir, "4"))}
+    for path in _files(os.path.join(ckpt_dir, "8")):
+        with open(path, "wb") as f:
+            f.write(b"garbage")
+    with pytest.raises(CheckpointError, match=r"checkpoint .*8 cannot be restored"):
+        train.train(tiny_config(tmp_path, steps=12), workdir)
+    assert {p: open(p, "rb").read() for p in _files(os.path.join(ckpt_dir, "4"))} == good_files
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    workdir = str(tmp_path / "run")
+    train.train(tiny_config(tmp_path, steps=4), workdir)
+    other = tiny_config(tmp_path, steps=8, **{"model.name": "lenet5"})
+    with pytest.raises(CheckpointError, match="different model"):
+        train.train(other, workdir)
+
+
+def _files(root):
+    return sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs)
+
+
+_TRAIN_SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    import pathlib
+    from helpers import tiny_config
+    from robustgan import train
+    config = tiny_config(pathlib.Path({tmp!r}), "pgd_at", steps=24, checkpoint_every=3)
+    train.train(config, {workdir!r})
+""")
+
+
+def _start_training(tmp_path, workdir):
+    script = _TRAIN_SCRIPT.format(tests=os.path.dirname(__file__), tmp=str(tmp_path),
+                                  workdir=workdir)
+    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+
+
+def test_killed_run_resumes_to_the_same_parameters(tmp_path):
+    """SIGKILL mid-run, resume, and compare with an uninterrupted run of the same seed."""
+    killed = str(tmp_path / "killed")
+    proc = _start_training(tmp_path, killed)
+    ckpt_dir = os.path.join(killed, "checkpoints")
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        steps = [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(
+            ckpt_dir) else []
+        if steps and max(steps) >= 6:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    interrupted_at = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+    assert interrupted_at < 24
+    for run in (killed, str(tmp_path / "uninterrupted")):
+        done = _start_training(tmp_path, run)
+        _, err = done.communicate(timeout=300)
+        assert done.returncode == 0, err.decode()[-2000:]
+    config = tiny_config(tmp_path, "pgd_at", steps=24)
+    resumed = _params(killed, config)
+    reference = _params(str(tmp_path / "uninterrupted"), config)
+    for a, b in zip(resumed, reference, strict=True):
+        np.testing.assert_array_equal(a, b)
