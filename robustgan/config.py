@@ -9,13 +9,14 @@ locked: an unknown key is an error, never silently added.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 
 import ml_collections
 
 from robustgan.errors import ConfigError
 
-METHODS = ("standard", "pgd_at")
+METHODS = ("standard", "pgd_at", "advnet")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "cosine")
 DATA_SOURCES = ("tfds", "idx", "imagefolder", "npz", "embedded")
@@ -34,7 +35,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.dir = ""
     c.data.num_classes = 10
     c.data.validation_size = 0
-    c.data.svhn_extra = False
+    # SVHN only: images drawn from the 'extra' split and appended to train (-1: all).
+    c.data.svhn_extra = 0
     c.data.value_range = (0.0, 1.0)
     c.data.pad_crop = 0
     c.data.flip = False
@@ -80,6 +82,31 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.num_examples = 0  # 0: the whole test split
     c.eval.split = "test"
 
+    # advnet (Wang & Yu, ICLR 2019): classifier D vs perturbation generator G (game.py).
+    c.advnet = ml_collections.ConfigDict()
+    c.advnet.eps = 0.3  # G's L-inf radius in [0, 1] pixel units
+    c.advnet.adv_weight = 1.0  # lambda of Eq. 4
+    c.advnet.clip = True  # clip x + eps G(x) to the data range (the authors' code did not)
+    # g0 | g1 (input x) | g2 (Gaussian z) | g3 (label y): appendix Figure 4.
+    c.advnet.generator = "g0"
+    c.advnet.generator_width = 0  # k; 0: the paper's (64; g3: 16)
+    # D's gradient regularizer (Eqs. 8-9): none | exact | finite_difference | authors_code.
+    c.advnet.gradreg = "finite_difference"
+    c.advnet.gamma = 0.01
+    c.advnet.fd_step = 0.0  # h of Eq. 9; 0: g_optimizer.learning_rate / 10
+    c.advnet.g_steps = 5  # gradient-ascent steps per G update, on one minibatch
+    c.advnet.d_every = 1  # D updates every d_every iterations (MNIST: 5)
+    c.advnet.unroll = 0  # unrolling of the G-step scan; 0: the default for this backend
+    c.advnet.g_optimizer = ml_collections.ConfigDict()
+    c.advnet.g_optimizer.name = "sgd"
+    c.advnet.g_optimizer.learning_rate = 0.01
+    c.advnet.g_optimizer.momentum = 0.9
+    c.advnet.g_optimizer.b1 = 0.5
+    c.advnet.g_optimizer.weight_decay = 1e-5
+    c.advnet.g_optimizer.schedule = "constant"
+    c.advnet.g_optimizer.decay_at = (0.5,)
+    c.advnet.g_optimizer.warmup_steps = 0
+
     c.log_every = 50
     c.checkpoint_every = 1000
     c.keep_checkpoints = 3
@@ -94,11 +121,14 @@ def parse_arg(arg: str | None, known_options=()) -> tuple[str, set[str]]:
     parts = [p.strip() for p in (arg or "standard").split(",") if p.strip()]
     method, options = parts[0], set(parts[1:])
     if method not in METHODS:
-        raise ConfigError(f"unknown method {method!r} in the config argument; choose one of {METHODS}")
+        raise ConfigError(
+            f"unknown method {method!r} in the config argument; choose one of {METHODS}"
+        )
     unknown = options - set(known_options)
     if unknown:
         raise ConfigError(
-            f"unknown config option(s) {sorted(unknown)}; this config offers {sorted(known_options)}"
+            f"unknown config option(s) {sorted(unknown)}; "
+            f"this config offers {sorted(known_options)}"
         )
     return method, options
 
@@ -117,8 +147,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """Stops a bad config before anything is loaded or compiled, naming the key."""
     _check_choice("method", config.method, METHODS)
     _check_choice("data.source", config.data.source, DATA_SOURCES)
-    _check_choice("optimizer.name", config.optimizer.name, OPTIMIZERS)
-    _check_choice("optimizer.schedule", config.optimizer.schedule, SCHEDULES)
+    _check_optimizer("optimizer", config.optimizer)
+    _check_optimizer("advnet.g_optimizer", config.advnet.g_optimizer)
     _check_choice("train_attack.batch_norm", config.train_attack.batch_norm, BATCH_NORM_MODES)
     _check_choice("eval.batch_norm", config.eval.batch_norm, BATCH_NORM_MODES)
     _check_choice("eval.split", config.eval.split, ("test", "validation"))
@@ -134,21 +164,55 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.{key}={_get(config, key)!r} must be at least 1")
     low, high = config.data.value_range
     if not low < high:
-        raise ConfigError(f"config.data.value_range={tuple(config.data.value_range)} must be (low, high)")
-    if config.optimizer.learning_rate <= 0:
-        raise ConfigError("config.optimizer.learning_rate must be positive")
+        raise ConfigError(
+            f"config.data.value_range={tuple(config.data.value_range)} must be (low, high)"
+        )
     if config.data.validation_size < 0:
         raise ConfigError("config.data.validation_size must be >= 0")
     if config.eval.split == "validation" and config.data.validation_size == 0:
         raise ConfigError("config.eval.split='validation' needs config.data.validation_size > 0")
-    if any(not 0.0 < f < 1.0 for f in config.optimizer.decay_at):
-        raise ConfigError("config.optimizer.decay_at holds fractions of training in (0, 1)")
+    _check_advnet(config.advnet)
+
+
+def _check_optimizer(key: str, opt) -> None:
+    _check_choice(f"{key}.name", opt.name, OPTIMIZERS)
+    _check_choice(f"{key}.schedule", opt.schedule, SCHEDULES)
+    if opt.learning_rate <= 0:
+        raise ConfigError(f"config.{key}.learning_rate must be positive")
+    if any(not 0.0 < f < 1.0 for f in opt.decay_at):
+        raise ConfigError(f"config.{key}.decay_at holds fractions of training in (0, 1)")
+
+
+def _check_advnet(a) -> None:
+    from robustgan.game import GRADREGS
+    from robustgan.models.generators import GENERATORS
+
+    _check_choice("advnet.generator", a.generator, tuple(GENERATORS))
+    _check_choice("advnet.gradreg", a.gradreg, GRADREGS)
+    _check_range("advnet.eps", a.eps, 0.0, 1.0)
+    for key in ("adv_weight", "gamma", "fd_step", "generator_width", "unroll"):
+        if a[key] < 0:
+            raise ConfigError(f"config.advnet.{key}={a[key]!r} must be >= 0")
+    for key in ("g_steps", "d_every"):
+        if a[key] < 1:
+            raise ConfigError(f"config.advnet.{key}={a[key]!r} must be at least 1")
 
 
 def _get(config, dotted: str):
     for part in dotted.split("."):
         config = config[part]
     return config
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """`get_config(arg)` of a config file named as on the command line: 'path[:arg]'."""
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("_robustgan_config", path)
+    if module_spec is None or module_spec.loader is None or not os.path.isfile(path):
+        raise ConfigError(f"cannot load config file {path!r}")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
 
 
 _OVERRIDE = re.compile(r"^--config\.([A-Za-z0-9_.]+)(=|$)")
@@ -165,13 +229,7 @@ def check_overrides(argv: list[str]) -> None:
         spec = argv[argv.index("--config") + 1]
     if spec is None:
         return
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("_robustgan_config", path)
-    if module_spec is None or module_spec.loader is None:
-        raise ConfigError(f"cannot load config file {path!r}")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    config = module.get_config(arg or None)
+    config = load_config_file(spec)
     for a in argv:
         match = _OVERRIDE.match(a)
         if not match:
@@ -233,3 +291,44 @@ def apply_cpu_recipe(c: ml_collections.ConfigDict, *, epochs: float, train_size:
     c.optimizer.schedule = "cosine"
     c.train_attack.eps_ramp_steps = steps_per_epoch
     c.checkpoint_every = steps_per_epoch // 2
+
+
+def table_config(title: str, config_file: str, *, rows, surrogates, attacks=("fgsm", "pgd"),
+                 paper=None) -> ml_collections.ConfigDict:
+    """A results table in the papers' layout (`--mode table`).
+
+    rows / surrogates: (name, config argument of `config_file`, seed). Each row is
+    attacked white box (clean, then `attacks`) and black box by transfer (`attacks`
+    crafted on each surrogate). paper: row name -> the paper's numbers for those columns,
+    printed beside ours.
+    """
+    c = ml_collections.ConfigDict()
+    c.table = ml_collections.ConfigDict()
+    c.table.title = title
+    c.table.config_file = os.path.abspath(config_file)
+    c.table.rows = tuple(tuple(r) for r in rows)
+    c.table.surrogates = tuple(tuple(r) for r in surrogates)
+    c.table.attacks = tuple(attacks)
+    c.table.paper = ml_collections.ConfigDict(
+        {k: tuple(v) for k, v in (paper or {}).items()}
+    )
+    c.table.eval_num_examples = 0  # 0: the whole test split
+    c.progress_bar = True
+    c.lock()
+    return c
+
+
+def apply_advnet_paper(c: ml_collections.ConfigDict, *, generator: str, weight_decay: float,
+                       d_every: int = 1, g_adam: bool = False) -> None:
+    """Wang & Yu's advnet setting (Secs. 3.2, 4): G's eps is the evaluation eps; lambda 1,
+    gamma 0.01, h = eta_G / 10, 5 ascent steps per G update (base_config's defaults); G
+    trained by SGD 0.01 momentum 0.9, or Adam 0.002 beta1 0.5 (`g_adam`, CIFAR), at a
+    constant rate; `weight_decay` for D and G alike; D updated every `d_every` iterations."""
+    c.advnet.eps = c.eval.eps
+    c.advnet.generator = generator
+    c.advnet.d_every = d_every
+    c.optimizer.weight_decay = c.advnet.g_optimizer.weight_decay = weight_decay
+    if g_adam:
+        c.advnet.g_optimizer.name = "adam"
+        c.advnet.g_optimizer.learning_rate = 0.002
+        c.advnet.g_optimizer.b1 = 0.5

@@ -7,8 +7,9 @@ the minimum of the column accuracies.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -20,11 +21,20 @@ from robustgan import attacks, data, parallel
 AttackFn = Callable  # (classifier, x, y, rng) -> x_adv
 
 
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """One evaluation column: images from `attack` (None: the clean images) crafted on the
+    classifier named `source` (None: the evaluated classifier itself, i.e. white box;
+    otherwise a surrogate, i.e. black box by transfer)."""
+
+    attack: AttackFn | None = None
+    source: str | None = None
+
+
 def white_box_attacks(eval_config) -> dict[str, AttackFn]:
-    """Clean, FGSM and PGD (L-inf, random start) at the config's eps, as Wang & Yu's Table 1."""
+    """FGSM and PGD (L-inf, random start) at the config's eps, as Wang & Yu's Table 1."""
     e = eval_config
     return {
-        "clean": None,
         "fgsm": functools.partial(attacks.fgsm, eps=e.eps),
         "pgd": functools.partial(
             attacks.pgd, eps=e.eps, step_size=e.pgd_step_size, steps=e.pgd_steps,
@@ -33,48 +43,68 @@ def white_box_attacks(eval_config) -> dict[str, AttackFn]:
     }
 
 
-def accuracy_under_attacks(
-    classifier, x, y, attack_fns: dict[str, AttackFn | None], *, batch_size: int,
-    value_range, mesh, rng, progress: bool = True,
-) -> dict[str, float]:
-    """Accuracy on (x uint8, y) under each attack, plus 'min' over all of them.
+def white_box_columns(eval_config) -> dict[str, Column]:
+    """Clean, FGSM and PGD against the evaluated classifier."""
+    return {"clean": Column()} | {
+        name: Column(fn) for name, fn in white_box_attacks(eval_config).items()
+    }
 
-    `None` as an attack means the clean images. Batches are padded to one shape and
-    masked, sharded over the mesh.
+
+def accuracy_under_attacks(
+    classifier, x, y, columns: dict[str, Column], *, batch_size: int, value_range, mesh,
+    rng, sources=None, progress: bool = True,
+) -> dict[str, float]:
+    """Accuracy of `classifier` on (x uint8, y) in each column, plus 'min': the fraction
+    of examples classified correctly in every column (per-example worst case).
+
+    `sources` maps surrogate names to Classifiers for transfer columns. Batches are
+    padded to one shape and masked, and sharded over the mesh.
     """
+    sources = sources or {}
+    missing = {c.source for c in columns.values() if c.source} - set(sources)
+    if missing:
+        raise ValueError(f"columns need surrogate classifiers {sorted(missing)}")
 
     @jax.jit
-    def correct(clf, xb, yb, key):
+    def correct(clf, srcs, xb, yb, key):
         out = {}
-        for i, (name, fn) in enumerate(attack_fns.items()):
-            x_in = xb if fn is None else fn(clf, xb, yb, jax.random.fold_in(key, i))
+        for i, (name, col) in enumerate(columns.items()):
+            crafter = clf if col.source is None else srcs[col.source]
+            x_in = xb if col.attack is None else col.attack(
+                crafter, xb, yb, jax.random.fold_in(key, i))
             out[name] = clf.logits(x_in, key).argmax(-1) == yb
         out["min"] = functools.reduce(jnp.logical_and, out.values())
         return out
 
-    classifier = parallel.replicate(classifier, mesh)
-    totals = dict.fromkeys([*attack_fns, "min"], 0)
+    classifier, sources = parallel.replicate((classifier, sources), mesh)
+    totals = dict.fromkeys([*columns, "min"], 0)
     n = 0
-    batches = data.eval_batches(x, y, batch_size)
     num_batches = -(-len(y) // batch_size)
-    for i, (xb, yb, mask) in enumerate(tqdm(batches, total=num_batches, disable=not progress,
-                                           desc="eval", unit="batch")):
+    batches = tqdm(data.eval_batches(x, y, batch_size), total=num_batches,
+                   disable=not progress, desc="eval", unit="batch")
+    for i, (xb, yb, mask) in enumerate(batches):
         xb, yb = parallel.shard_batch((data.scale(xb, value_range), yb), mesh)
-        result = jax.device_get(correct(classifier, xb, yb, jax.random.fold_in(rng, i)))
+        result = jax.device_get(correct(classifier, sources, xb, yb, jax.random.fold_in(rng, i)))
         for k, v in result.items():
             totals[k] += int(np.sum(v[mask]))
         n += int(mask.sum())
     return {k: v / n for k, v in totals.items()} | {"num_examples": n}
 
 
-def evaluate(config, dataset, classifier, mesh) -> dict[str, float]:
-    """White-box clean / FGSM / PGD accuracy on the configured split."""
+def eval_split(config, dataset):
+    """(x, y) of the split config.eval names, cut to config.eval.num_examples if set."""
     e = config.eval
     x, y = (dataset.x_test, dataset.y_test) if e.split == "test" else (dataset.x_val, dataset.y_val)
     if e.num_examples:
         x, y = x[: e.num_examples], y[: e.num_examples]
+    return x, y
+
+
+def evaluate(config, dataset, classifier, mesh) -> dict[str, float]:
+    """White-box clean / FGSM / PGD accuracy on the configured split."""
+    x, y = eval_split(config, dataset)
     return accuracy_under_attacks(
-        classifier, x, y, white_box_attacks(e), batch_size=e.batch_size,
+        classifier, x, y, white_box_columns(config.eval), batch_size=config.eval.batch_size,
         value_range=config.data.value_range, mesh=mesh,
         rng=jax.random.key(config.seed + 2), progress=config.progress_bar,
     )

@@ -1,8 +1,10 @@
 """Command line: `python -m robustgan.main --config configs/<dataset>.py[:<method>] --workdir DIR`.
 
-Modes: `train` (default: train, then evaluate) and `eval` (evaluate the newest
-checkpoint in --workdir). Override any config key with `--config.key=value`; unknown
-keys and bad values stop before data are loaded or anything is compiled.
+Modes: `train` (default: train, then evaluate), `eval` (evaluate the newest
+checkpoint in --workdir) and `table` (a table config such as configs/mnist.py:table1:
+train or reuse every run it names under --workdir, then write the table).
+Override any config key with `--config.key=value`; unknown keys and bad values stop
+before data are loaded or anything is compiled.
 """
 
 from __future__ import annotations
@@ -13,11 +15,17 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from robustgan import config as configlib
-from robustgan.errors import RobustGANError
+from robustgan.errors import ConfigError, RobustGANError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/mnist.py:pgd_at")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/mnist.py:pgd_at"
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (then evaluate) or eval.")
+_MODE = flags.DEFINE_enum(
+    "mode", "train", ["train", "eval", "table"],
+    "train (then evaluate), eval (the newest checkpoint), or table (a table config: train or "
+    "reuse its runs, then build the table)."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -25,10 +33,18 @@ def run(config, workdir: str, mode: str) -> dict:
     """Trains and/or evaluates as `mode` says; writes and returns the results."""
     import jax
 
-    from robustgan import evaluate, parallel, report, train
+    from robustgan import evaluate, parallel, report, table, train
 
-    configlib.validate(config)
+    is_table = "table" in config
+    if is_table != (mode == "table"):
+        raise ConfigError(
+            "--mode table needs a table config (e.g. configs/mnist.py:table1)" if not is_table
+            else "this is a table config: run it with --mode table"
+        )
     parallel.initialize()
+    if is_table:
+        return table.run_table(config, workdir)
+    configlib.validate(config)
     if mode == "train":
         dataset, method, state = train.train(config, workdir)
     else:
@@ -43,8 +59,9 @@ def run(config, workdir: str, mode: str) -> dict:
                 f"{config.eval.pgd_step_size} x{config.eval.pgd_restarts} restarts",
         "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
     }
-    table = report.write_results(workdir, f"{config.data.name}/{config.method}", results, context)
-    print(table, flush=True)
+    if jax.process_index() == 0:
+        name = f"{config.data.name}/{config.method}"
+        print(report.write_results(workdir, name, results, context), flush=True)
     return results
 
 
@@ -61,7 +78,8 @@ def _parse_flags(argv):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.INFO)
+    # Orbax and XLA log every save and start-up detail at INFO; keep the console readable.
+    logging.set_verbosity(logging.WARNING)
     try:
         run(_CONFIG.value, _WORKDIR.value, _MODE.value)
     except RobustGANError as e:

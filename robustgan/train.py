@@ -41,19 +41,24 @@ class MetricsLog:
     def __init__(self, workdir: str):
         from tensorboardX import SummaryWriter
 
-        self.path = os.path.join(workdir, "metrics.jsonl")
-        self._file = open(self.path, "a")
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        # In a multi-host run only the first process writes.
+        self.enabled = jax.process_index() == 0
+        if self.enabled:
+            self._file = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
         self._file.write(json.dumps({"step": step, **values}) + "\n")
         self._file.flush()
         for k, v in values.items():
             self._tb.add_scalar(k, v, step)
 
     def close(self) -> None:
-        self._file.close()
-        self._tb.close()
+        if self.enabled:
+            self._file.close()
+            self._tb.close()
 
 
 def _truncate_log(path: str, last_step: int) -> None:
@@ -101,14 +106,15 @@ def train(config, workdir: str):
     start = ckpts.latest_step() or 0
     if start:
         state = ckpts.restore(state, start)
-        logging.info("resumed from step %d in %s", start, ckpts.directory)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
+        print(f"resumed from step {start} in {ckpts.directory}", flush=True)
+    log_path = os.path.join(workdir, "metrics.jsonl")
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+        _truncate_log(log_path, start)
 
     state = parallel.replicate(state, mesh)
     step_fn = jax.jit(method.train_step, donate_argnums=0)
-    log_path = os.path.join(workdir, "metrics.jsonl")
-    _truncate_log(log_path, start)
     log = MetricsLog(workdir)
     base_key = jax.random.key(config.seed + 1)
     batches = data.train_batches(
@@ -131,8 +137,9 @@ def train(config, workdir: str):
                 means = _flush(pending, log, config.batch_size, time.perf_counter() - tick)
                 bar.update(len(pending))
                 bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()})
-                logging.info("step %d/%d %s", done, total,
-                             " ".join(f"{k}={v:.4g}" for k, v in means.items()))
+                if not config.progress_bar:
+                    print(f"step {done}/{total} " +
+                          " ".join(f"{k}={v:.4g}" for k, v in means.items()), flush=True)
                 pending, tick = [], time.perf_counter()
             if save:
                 if not bool(_all_finite(state)):
@@ -147,7 +154,8 @@ def train(config, workdir: str):
         log.close()
         ckpts.wait()
         ckpts.close()
-    report.training_curves(log_path, os.path.join(workdir, "training_curves.png"))
+    if log.enabled:
+        report.training_curves(log_path, os.path.join(workdir, "training_curves.png"))
     return dataset, method, jax.device_get(state)
 
 

@@ -31,8 +31,13 @@ def test_train_then_evaluate_writes_every_artifact(tmp_path, method):
         assert 0.0 <= results[key] <= 1.0
     assert results["min"] <= min(results["clean"], results["fgsm"], results["pgd"])
     assert results["num_examples"] == 64
-    for name in ("results.json", "results.md", "metrics.jsonl", "config.json",
-                 "training_curves.png"):
+    for name in (
+        "results.json",
+        "results.md",
+        "metrics.jsonl",
+        "config.json",
+        "training_curves.png",
+    ):
         assert os.path.exists(os.path.join(workdir, name)), name
     assert os.listdir(os.path.join(workdir, "tensorboard"))
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
@@ -60,9 +65,17 @@ def test_model_that_cannot_take_the_image_shape_stops_early(tmp_path):
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_good_checkpoint(tmp_path):
-    config = tiny_config(tmp_path, steps=20, **{
-        "optimizer.name": "sgd", "optimizer.learning_rate": 1e12, "optimizer.momentum": 0.0,
-        "log_every": 1, "checkpoint_every": 1})
+    config = tiny_config(
+        tmp_path,
+        steps=20,
+        **{
+            "optimizer.name": "sgd",
+            "optimizer.learning_rate": 1e12,
+            "optimizer.momentum": 0.0,
+            "log_every": 1,
+            "checkpoint_every": 1,
+        },
+    )
     workdir = str(tmp_path / "run")
     with pytest.raises(DivergenceError, match=r"(at step|by step) \d+") as info:
         train.train(config, workdir)
@@ -113,10 +126,12 @@ _TRAIN_SCRIPT = textwrap.dedent("""
 
 
 def _start_training(tmp_path, workdir):
-    script = _TRAIN_SCRIPT.format(tests=os.path.dirname(__file__), tmp=str(tmp_path),
-                                  workdir=workdir)
-    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    script = _TRAIN_SCRIPT.format(
+        tests=os.path.dirname(__file__), tmp=str(tmp_path), workdir=workdir
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
 
 
 def test_killed_run_resumes_to_the_same_parameters(tmp_path):
@@ -126,8 +141,9 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
     ckpt_dir = os.path.join(killed, "checkpoints")
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        steps = [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(
-            ckpt_dir) else []
+        steps = (
+            [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
+        )
         if steps and max(steps) >= 6:
             break
         time.sleep(0.05)
@@ -145,3 +161,60 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
     reference = _params(str(tmp_path / "uninterrupted"), config)
     for a, b in zip(resumed, reference, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_table_mode_trains_runs_and_lays_out_white_and_transfer_columns(tmp_path):
+    from robustgan import config as configlib
+    from robustgan import table
+
+    config_file = tmp_path / "tiny_cfg.py"
+    config_file.write_text(
+        textwrap.dedent(f"""
+        import pathlib, sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from helpers import tiny_config
+        def get_config(arg):
+            return tiny_config(pathlib.Path({str(tmp_path)!r}), arg, steps=4)
+    """)
+    )
+    config = configlib.table_config(
+        "tiny",
+        str(config_file),
+        rows=[("std", "standard", 0), ("adv", "pgd_at", 0)],
+        surrogates=[("S'", "standard", 1)],
+        paper={"std": (99.0, 20.0)},
+    )
+    with config.unlocked():
+        config.progress_bar = False
+    workdir = str(tmp_path / "table")
+    results = main.run(config, workdir, "table")
+    assert set(results) == {"std", "adv"}
+    assert set(results["adv"]) == {
+        "clean",
+        "fgsm",
+        "pgd",
+        "fgsm(S')",
+        "pgd(S')",
+        "min",
+        "num_examples",
+    }
+    for row in results.values():
+        assert row["min"] <= min(v for k, v in row.items() if k not in ("min", "num_examples"))
+    assert sorted(os.listdir(workdir)) == [
+        "pgd_at_seed0",
+        "standard_seed0",
+        "standard_seed1",
+        "table.json",
+        "table.md",
+        "table.png",
+    ]
+    text = open(os.path.join(workdir, "table.md")).read()
+    assert "| model | No noise | FGS | PGD | FGS(S') | PGD(S') | Min |" in text
+    assert "| std | 99.00 | 20.00 |" in text  # the paper's row beside ours
+    # A second call reuses the finished runs (no training steps) and gives the same table.
+    log = os.path.join(workdir, "standard_seed0", "metrics.jsonl")
+    logged = open(log).read()
+    assert table.run_table(config, workdir) == results
+    assert open(log).read() == logged
+    with pytest.raises(ConfigError, match="table config"):
+        main.run(config, workdir, "train")

@@ -1,0 +1,93 @@
+"""Results tables in the papers' layout: rows are training runs, columns white-box
+attacks then black-box attacks transferred from each surrogate run.
+
+`python -m robustgan.main --config configs/mnist.py:table1 --mode table --workdir DIR`
+trains every run it needs under DIR/<run> (or reuses a finished one; a killed one
+resumes), evaluates, and writes DIR/table.{md,json,png}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+
+from robustgan import config as configlib
+from robustgan import evaluate, parallel, report, train
+
+
+def run_name(config) -> str:
+    """Directory name of a run: method, config options, seed ('pgd_at_cpu_seed1')."""
+    return "_".join([config.method, *filter(None, config.options.split(",")),
+                     f"seed{config.seed}"])
+
+
+def _run_config(table, arg: str, seed: int, progress: bool):
+    config = configlib.load_config_file(f"{table.config_file}:{arg}")
+    with config.unlocked():
+        config.seed = seed
+        config.progress_bar = progress
+        if table.eval_num_examples:
+            config.eval.num_examples = table.eval_num_examples
+    configlib.validate(config)
+    return config
+
+
+def columns_for(eval_config, attacks: tuple[str, ...], surrogates) -> dict[str, evaluate.Column]:
+    """'clean', the white-box attacks, then '<attack>(<surrogate>)' for each surrogate."""
+    fns = evaluate.white_box_attacks(eval_config)
+    unknown = set(attacks) - set(fns)
+    if unknown:
+        raise configlib.ConfigError(
+            f"config.table.attacks has {sorted(unknown)}; available: {sorted(fns)}")
+    cols = {"clean": evaluate.Column()}
+    cols |= {name: evaluate.Column(fns[name]) for name in attacks}
+    for surrogate, *_ in surrogates:
+        cols |= {f"{name}({surrogate})": evaluate.Column(fns[name], surrogate) for name in attacks}
+    return cols
+
+
+def run_table(config, workdir: str) -> dict:
+    """Trains or reuses every run of the table, evaluates, writes the table files."""
+    table = config.table
+    os.makedirs(workdir, exist_ok=True)
+    trained = {}
+    for name, arg, seed in (*table.rows, *table.surrogates):
+        run_config = _run_config(table, arg, seed, config.progress_bar)
+        run_dir = os.path.join(workdir, run_name(run_config))
+        print(f"[table] {name}: {arg} seed {seed} in {run_dir}", flush=True)
+        dataset, method, state = train.train(run_config, run_dir)
+        trained[name] = (run_config, method.classifier(state))
+    first_config = trained[table.rows[0][0]][0]
+    x, y = evaluate.eval_split(first_config, dataset)
+    sources = {name: trained[name][1] for name, *_ in table.surrogates}
+    mesh = parallel.make_mesh()
+    results = {}
+    for name, *_ in table.rows:
+        run_config, classifier = trained[name]
+        cols = columns_for(run_config.eval, table.attacks, table.surrogates)
+        print(f"[table] evaluating {name}", flush=True)
+        results[name] = evaluate.accuracy_under_attacks(
+            classifier, x, y, cols, sources=sources, batch_size=run_config.eval.batch_size,
+            value_range=run_config.data.value_range, mesh=mesh,
+            rng=jax.random.key(run_config.seed + 2), progress=config.progress_bar,
+        )
+    columns = [*cols, "min"]
+    paper = {k: dict(zip(columns, v, strict=False)) for k, v in table.paper.items()}
+    e = first_config.eval
+    notes = (f"{first_config.data.name}, {results[table.rows[0][0]]['num_examples']} test "
+             f"images, eps {e.eps:g}; PGD-{e.pgd_steps} step {e.pgd_step_size:g}, random start; "
+             f"transfer columns: attack crafted on the surrogate in parentheses. "
+             f"Min: correct under every column (per-example worst case).")
+    markdown = report.results_table_markdown(table.title, results, columns, paper, notes)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "table.md"), "w") as f:
+            f.write(markdown)
+        with open(os.path.join(workdir, "table.json"), "w") as f:
+            json.dump({"title": table.title, "columns": columns, "results": results,
+                       "paper": paper, "notes": notes,
+                       "runs": {n: run_name(c) for n, (c, _) in trained.items()}}, f, indent=2)
+        report.table_figure(table.title, results, columns, os.path.join(workdir, "table.png"))
+    print(markdown, flush=True)
+    return results
