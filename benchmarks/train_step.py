@@ -85,14 +85,18 @@ def torch_steps(method_name: str):
     return run
 
 
-def images_per_second(run, steps: int, repeats: int = 3) -> float:
-    run(2)  # warm-up (and compilation)
-    best = float("inf")
+def interleaved_images_per_second(runs: dict, steps: int, repeats: int = 5) -> dict:
+    """Best-of-`repeats` images/second of each run, timed in alternation so that a
+    background load on this machine affects every contender alike."""
+    for run in runs.values():
+        run(2)  # warm-up (and compilation)
+    best = dict.fromkeys(runs, float("inf"))
     for _ in range(repeats):
-        start = time.perf_counter()
-        run(steps)
-        best = min(best, time.perf_counter() - start)
-    return steps * BATCH / best
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run(steps)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: steps * BATCH / seconds for name, seconds in best.items()}
 
 
 def main():
@@ -115,15 +119,12 @@ def main():
     for name in ("standard", "pgd_at"):
         steps = args.steps if name == "standard" else max(args.steps // 3, 5)
         run, flops = jax_steps(name)
-        jax_ips = images_per_second(run, steps)
-        gflops = flops * jax_ips / BATCH / 1e9
-        if torch_version:
-            torch_ips = images_per_second(torch_steps(name), steps)
-            ratio = f"{jax_ips / torch_ips:.2f}"
-            torch_cell = f"{torch_ips:.0f}"
-        else:
-            ratio = torch_cell = "-"
-        print(f"| {name} | {jax_ips:.0f} | {torch_cell} | {ratio} | {gflops:.2f} |", flush=True)
+        runs = {"jax": run} | ({"torch": torch_steps(name)} if torch_version else {})
+        ips = interleaved_images_per_second(runs, steps)
+        gflops = flops * ips["jax"] / BATCH / 1e9
+        torch_cell = f"{ips['torch']:.0f}" if torch_version else "-"
+        ratio = f"{ips['jax'] / ips['torch']:.2f}" if torch_version else "-"
+        print(f"| {name} | {ips['jax']:.0f} | {torch_cell} | {ratio} | {gflops:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ def get_config(arg=None):
         learning_rate=0.01, weight_decay=1e-4, num_train_steps=0,
     )
     c.data.source, c.data.dir = "embedded", ""
-    configlib.apply_cpu_recipe(c, epochs=12, train_size=4_000)
+    configlib.apply_cpu_recipe(c, epochs=8, train_size=4_000)
     c.log_every = 25
     c.lock()
     return c

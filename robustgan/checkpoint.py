@@ -31,7 +31,8 @@ class Checkpoints:
         return self._manager.latest_step()
 
     def save(self, step: int, state) -> None:
-        self._manager.save(step, args=ocp.args.StandardSave(flax.serialization.to_state_dict(state)))
+        tree = flax.serialization.to_state_dict(state)
+        self._manager.save(step, args=ocp.args.StandardSave(tree))
 
     def restore(self, target, step: int | None = None):
         """Restores `step` (default: newest) into the structure of `target`.
@@ -69,7 +70,8 @@ def _check_shapes(expected, restored, where: str) -> None:
     leaves_e, tree_e = jax.tree.flatten(expected)
     leaves_r, tree_r = jax.tree.flatten(restored)
     bad = tree_e != tree_r or any(
-        getattr(a, "shape", None) != getattr(b, "shape", None) for a, b in zip(leaves_e, leaves_r)
+        getattr(a, "shape", None) != getattr(b, "shape", None)
+        for a, b in zip(leaves_e, leaves_r, strict=True)
     )
     if bad:
         raise CheckpointError(

@@ -9,7 +9,8 @@ part of `apply_fn`, so every attack runs against every defended model the same w
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax

@@ -50,6 +50,41 @@ def white_box_columns(eval_config) -> dict[str, Column]:
     }
 
 
+def map_batches(fn, tree, x, y, *, batch_size: int, rng, value_range=None, mesh=None,
+                progress: bool = False):
+    """Per-example outputs of the jitted `fn(tree, x_batch, y_batch, key)` over (x, y).
+
+    Batches are padded to one shape (`data.eval_batches`), so fn compiles once; only the
+    real rows come back, as numpy arrays (a pytree like fn's output). Batch i gets the
+    key fold_in(rng, i). x: uint8 pixels scaled by `value_range`, or floats in the data
+    range when value_range is None. y may be None (zeros are passed). With a mesh, tree
+    is replicated and batches are sharded as in evaluate.py.
+    """
+    x = np.asarray(x)
+    if len(x) == 0:
+        raise ValueError("no examples to evaluate")
+    if value_range is not None and x.dtype != np.uint8:
+        raise ValueError(
+            f"with value_range={tuple(value_range)} x must hold uint8 pixels, got {x.dtype}; "
+            "pass value_range=None for float inputs already in the data range"
+        )
+    y = np.zeros(len(x), np.int32) if y is None else np.asarray(y)
+    if mesh is not None:
+        parallel.check_batch_size(batch_size, mesh)
+        tree = parallel.replicate(tree, mesh)
+    outputs = []
+    batches = tqdm(data.eval_batches(x, y, batch_size), total=-(-len(x) // batch_size),
+                   disable=not progress, desc="eval", unit="batch")
+    for i, (xb, yb, mask) in enumerate(batches):
+        if value_range is not None:
+            xb = data.scale(xb, value_range)
+        if mesh is not None:
+            xb, yb = parallel.shard_batch((xb, yb), mesh)
+        out = jax.device_get(fn(tree, xb, yb, jax.random.fold_in(rng, i)))
+        outputs.append(jax.tree.map(lambda v, m=mask: np.asarray(v)[m], out))
+    return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
+
+
 def accuracy_under_attacks(
     classifier, x, y, columns: dict[str, Column], *, batch_size: int, value_range, mesh,
     rng, sources=None, progress: bool = True,
@@ -66,7 +101,8 @@ def accuracy_under_attacks(
         raise ValueError(f"columns need surrogate classifiers {sorted(missing)}")
 
     @jax.jit
-    def correct(clf, srcs, xb, yb, key):
+    def correct(tree, xb, yb, key):
+        clf, srcs = tree
         out = {}
         for i, (name, col) in enumerate(columns.items()):
             crafter = clf if col.source is None else srcs[col.source]
@@ -76,19 +112,9 @@ def accuracy_under_attacks(
         out["min"] = functools.reduce(jnp.logical_and, out.values())
         return out
 
-    classifier, sources = parallel.replicate((classifier, sources), mesh)
-    totals = dict.fromkeys([*columns, "min"], 0)
-    n = 0
-    num_batches = -(-len(y) // batch_size)
-    batches = tqdm(data.eval_batches(x, y, batch_size), total=num_batches,
-                   disable=not progress, desc="eval", unit="batch")
-    for i, (xb, yb, mask) in enumerate(batches):
-        xb, yb = parallel.shard_batch((data.scale(xb, value_range), yb), mesh)
-        result = jax.device_get(correct(classifier, sources, xb, yb, jax.random.fold_in(rng, i)))
-        for k, v in result.items():
-            totals[k] += int(np.sum(v[mask]))
-        n += int(mask.sum())
-    return {k: v / n for k, v in totals.items()} | {"num_examples": n}
+    per_example = map_batches(correct, (classifier, sources), x, y, batch_size=batch_size,
+                              rng=rng, value_range=value_range, mesh=mesh, progress=progress)
+    return {k: float(v.mean()) for k, v in per_example.items()} | {"num_examples": len(y)}
 
 
 def eval_split(config, dataset):

@@ -28,20 +28,23 @@ def test_every_config_is_valid_for_every_method(path, method):
 
 
 def test_paper_settings_are_what_the_papers_state():
-    mnist = _load(CONFIG_FILES[[os.path.basename(p) for p in CONFIG_FILES].index("mnist.py")],
-                  "pgd_at")
+    mnist = _load(
+        CONFIG_FILES[[os.path.basename(p) for p in CONFIG_FILES].index("mnist.py")], "pgd_at"
+    )
     assert (mnist.eval.eps, mnist.batch_size, mnist.num_train_steps) == (0.3, 64, 200_000)
     assert mnist.train_attack.step_size == pytest.approx(0.075)
     assert tuple(mnist.data.value_range) == (-1.0, 1.0)
-    cifar = _load(CONFIG_FILES[[os.path.basename(p) for p in CONFIG_FILES].index("cifar10.py")],
-                  "pgd_at")
+    cifar = _load(
+        CONFIG_FILES[[os.path.basename(p) for p in CONFIG_FILES].index("cifar10.py")], "pgd_at"
+    )
     assert cifar.eval.eps == pytest.approx(8 / 256) and cifar.optimizer.learning_rate == 0.1
     assert cifar.optimizer.weight_decay == 1e-5 and cifar.data.flip
 
 
 def test_cpu_recipe_ramps_eps_over_the_first_epoch():
-    c = _load(CONFIG_FILES[[os.path.basename(p) for p in CONFIG_FILES].index("mnist.py")],
-              "pgd_at,cpu")
+    c = _load(
+        CONFIG_FILES[[os.path.basename(p) for p in CONFIG_FILES].index("mnist.py")], "pgd_at,cpu"
+    )
     assert c.optimizer.name == "adam" and c.train_attack.eps_ramp_steps == 60_000 // 64
     assert c.num_train_steps == 3 * (60_000 // 64)
 
@@ -53,13 +56,16 @@ def test_bad_config_argument_is_named():
         configlib.parse_arg("standard,turbo", known_options=("cpu",))
 
 
-@pytest.mark.parametrize("key,value,match", [
-    ("train_attack.eps", 1.5, "train_attack.eps=1.5 is out of range"),
-    ("eval.eps", -0.1, r"eval.eps=-0.1 is out of range"),
-    ("optimizer.name", "lbfgs", "optimizer.name='lbfgs' is not valid"),
-    ("batch_size", 0, "batch_size=0 must be a positive integer"),
-    ("eval.batch_norm", "train", "eval.batch_norm='train' is not valid"),
-])
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("train_attack.eps", 1.5, "train_attack.eps=1.5 is out of range"),
+        ("eval.eps", -0.1, r"eval.eps=-0.1 is out of range"),
+        ("optimizer.name", "lbfgs", "optimizer.name='lbfgs' is not valid"),
+        ("batch_size", 0, "batch_size=0 must be a positive integer"),
+        ("eval.batch_norm", "train", "eval.batch_norm='train' is not valid"),
+    ],
+)
 def test_bad_values_stop_with_the_key_named(key, value, match):
     c = configlib.base_config()
     parent, _, leaf = key.rpartition(".")

@@ -1,0 +1,49 @@
+"""Attacks: pure, jitted functions `attack(classifier, x, y, rng, *, eps, ...) -> x_adv`,
+and the BPDA/EOT wrappers that adapt a Classifier for them.
+
+`ATTACKS` names every attack for configs; `make_attack(name, **settings)` binds settings.
+"""
+
+import functools
+
+from robustgan.attacks.adaptive import bpda, eot, with_front_end
+from robustgan.attacks.autopgd import apgd
+from robustgan.attacks.gradient import fgsm, fgsm_predicted, ll_fgs, pgd, rand_fgsm
+from robustgan.attacks.minimal import cw_l2, deepfool, deepfool_perturbation
+
+ATTACKS = {
+    "fgsm": fgsm,
+    "fgsm_predicted": fgsm_predicted,
+    "rand_fgsm": rand_fgsm,
+    "ll_fgs": ll_fgs,
+    "pgd": pgd,
+    "cw_l2": cw_l2,
+    "deepfool": deepfool,
+    "apgd_ce": functools.partial(apgd, loss="ce"),
+    "apgd_dlr": functools.partial(apgd, loss="dlr"),
+}
+
+
+def make_attack(name: str, **settings):
+    """`ATTACKS[name]` with its keyword settings bound: (classifier, x, y, rng) -> x_adv."""
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; choose one of {sorted(ATTACKS)}")
+    return functools.partial(ATTACKS[name], **settings)
+
+
+__all__ = [
+    "ATTACKS",
+    "apgd",
+    "bpda",
+    "cw_l2",
+    "deepfool",
+    "deepfool_perturbation",
+    "eot",
+    "fgsm",
+    "fgsm_predicted",
+    "ll_fgs",
+    "make_attack",
+    "pgd",
+    "rand_fgsm",
+    "with_front_end",
+]

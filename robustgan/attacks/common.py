@@ -1,0 +1,240 @@
+"""Pieces every attack shares: losses, input gradients, projections, best-so-far tracking,
+argument checks and step-count knobs.
+
+Conventions (ARCHITECTURE.md): epsilons and step sizes are given in [0, 1] pixel units,
+as the papers state them; attacks multiply them by the width of the classifier's data
+range, so the same eps means the same perturbation whether data lie in [0, 1] or [-1, 1].
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from robustgan.classifier import Classifier
+
+LOSSES = ("ce", "margin", "dlr")
+NORMS = ("linf", "l2")
+# Keyword arguments that must be >= 0 and integer settings that must be >= 1, wherever
+# an attack takes them (checked by `jit_attack`).
+NONNEGATIVE = (
+    "eps",
+    "step_size",
+    "alpha",
+    "overshoot",
+    "learning_rate",
+    "initial_const",
+    "confidence",
+)
+POSITIVE_COUNTS = ("steps", "restarts", "binary_steps", "max_iter")
+
+
+def data_scale(classifier: Classifier) -> float:
+    """Width of the data range: pixel-unit epsilons times this are data-unit epsilons."""
+    low, high = classifier.bounds
+    return high - low
+
+
+def clip_to_bounds(classifier: Classifier, x: jax.Array) -> jax.Array:
+    return jnp.clip(x, *classifier.bounds)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example cross-entropy."""
+    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
+    return -jnp.take_along_axis(log_probs, labels[:, None], axis=1)[:, 0]
+
+
+def margin(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-example C&W margin: best other logit minus the label's logit (> 0: fooled)."""
+    num_classes = logits.shape[-1]
+    label_logit = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
+    others = jnp.where(jax.nn.one_hot(labels, num_classes, dtype=bool), -jnp.inf, logits)
+    return others.max(axis=1) - label_logit
+
+
+def dlr(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Difference of logits ratio (Croce & Hein 2020, Sec. 4): the margin over z_pi1 - z_pi3.
+
+    Invariant to shifting and scaling the logits; needs at least 3 classes.
+    """
+    if logits.shape[-1] < 3:
+        raise ValueError(f"the DLR loss needs at least 3 classes, got {logits.shape[-1]}")
+    top3 = lax.top_k(logits, 3)[0]
+    return margin(logits, labels) / (top3[:, 0] - top3[:, 2] + 1e-12)
+
+
+def attack_loss(name: str):
+    """Per-example loss the attacker ascends (untargeted) by name."""
+    check_choice("loss", name, LOSSES)
+    return {"ce": cross_entropy, "margin": margin, "dlr": dlr}[name]
+
+
+def fooled(logits: jax.Array, labels: jax.Array, targeted) -> jax.Array:
+    """Whether each example reached its goal: the target class, or any class but the label."""
+    predicted = logits.argmax(-1)
+    return jnp.where(targeted, predicted == labels, predicted != labels)
+
+
+def loss_and_input_grad(classifier, loss_fn, x, labels, rng, sign=1.0):
+    """Per-example `sign * loss`, its gradient with respect to the input, and the logits.
+
+    Each example's loss depends only on its own input (eval-mode models), so the
+    gradient of the sum is the stack of per-example gradients.
+    """
+
+    def total(x_):
+        logits = classifier.logits(x_, rng)
+        per_example = sign * loss_fn(logits, labels)
+        return per_example.sum(), (per_example, logits)
+
+    (_, (per_example, logits)), grad = jax.value_and_grad(total, has_aux=True)(x)
+    return per_example, grad, logits
+
+
+def step_key(rng, step):
+    """The classifier's key for one step of an attack, `fold_in(rng, step)`: a random
+    classifier gets a fresh draw each step. None (a deterministic classifier) stays None."""
+    return None if rng is None else jax.random.fold_in(rng, step)
+
+
+def per_example_norm(v: jax.Array, norm: str) -> jax.Array:
+    """L-inf or L2 norm of each example, shaped to broadcast against v."""
+    flat = v.reshape(v.shape[0], -1)
+    n = jnp.abs(flat).max(axis=1) if norm == "linf" else jnp.linalg.norm(flat, axis=1)
+    return n.reshape((-1,) + (1,) * (v.ndim - 1))
+
+
+def per_example(values: jax.Array, like: jax.Array) -> jax.Array:
+    """Reshapes one value per example to broadcast against the batch `like`."""
+    return values.reshape((-1,) + (1,) * (like.ndim - 1))
+
+
+def select(mask: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
+    """Per-example `where`: a's example where mask, else b's."""
+    return jnp.where(per_example(mask, a), a, b)
+
+
+def project(delta: jax.Array, eps, norm: str) -> jax.Array:
+    """Projects perturbations onto the eps-ball of the norm."""
+    if norm == "linf":
+        return jnp.clip(delta, -eps, eps)
+    n = per_example_norm(delta, "l2")
+    return delta * jnp.minimum(1.0, eps / jnp.maximum(n, 1e-12))
+
+
+def project_to_threat(classifier, x_adv, x, eps, norm: str) -> jax.Array:
+    """Onto the eps-ball around x intersected with the data range (the feasible set S)."""
+    return clip_to_bounds(classifier, x + project(x_adv - x, eps, norm))
+
+
+def steepest_step(grad: jax.Array, norm: str) -> jax.Array:
+    """Unit-norm direction of steepest ascent: sign for L-inf, normalized gradient for L2."""
+    if norm == "linf":
+        return jnp.sign(grad)
+    return grad / jnp.maximum(per_example_norm(grad, "l2"), 1e-12)
+
+
+def random_in_ball(rng, shape, eps, norm: str) -> jax.Array:
+    """Uniform sample from the L-inf ball, or uniform from the L2 ball."""
+    if norm == "linf":
+        return jax.random.uniform(rng, shape, minval=-1.0, maxval=1.0) * eps
+    dir_rng, radius_rng = jax.random.split(rng)
+    direction = jax.random.normal(dir_rng, shape)
+    direction = direction / per_example_norm(direction, "l2")
+    dim = int(np.prod(shape[1:]))
+    radius = jax.random.uniform(radius_rng, (shape[0],) + (1,) * (len(shape) - 1)) ** (1.0 / dim)
+    return direction * radius * eps
+
+
+class Best(NamedTuple):
+    """Each example's best candidate so far: one that fools first, then the highest loss."""
+
+    x: jax.Array
+    fooled: jax.Array
+    value: jax.Array
+
+
+def no_best(x: jax.Array) -> Best:
+    """A tracker any candidate beats (x itself stands in until one arrives)."""
+    n = x.shape[0]
+    return Best(x, jnp.zeros(n, bool), jnp.full(n, -jnp.inf))
+
+
+def update_best(best: Best, x: jax.Array, fooled_: jax.Array, value: jax.Array) -> Best:
+    """Keeps, per example, the candidate that fools; among equals, the higher loss."""
+    better = (fooled_ & ~best.fooled) | ((fooled_ == best.fooled) & (value > best.value))
+    return Best(
+        select(better, x, best.x), best.fooled | fooled_, jnp.where(better, value, best.value)
+    )
+
+
+def best_of_restarts(run, rng, restarts: int, x: jax.Array) -> jax.Array:
+    """Runs `run(rng) -> Best` `restarts` times with fresh keys; each example's best x."""
+    if restarts == 1:
+        return run(rng).x
+
+    def body(best, run_rng):
+        candidate = run(run_rng)
+        return update_best(best, candidate.x, candidate.fooled, candidate.value), None
+
+    best, _ = lax.scan(body, no_best(x), jax.random.split(rng, restarts))
+    return best.x
+
+
+def check_choice(name: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def _check_argument(name: str, value: Any) -> None:
+    if isinstance(value, jax.core.Tracer):
+        return  # traced under an outer jit: only concrete values can be checked
+    if name in NONNEGATIVE and value is not None and np.any(np.asarray(value) < 0):
+        raise ValueError(f"{name} must be >= 0 (in [0, 1] pixel units), got {value}")
+    if name in POSITIVE_COUNTS and not (isinstance(value, int | np.integer) and value >= 1):
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def jit_attack(*static_argnames: str, validate=None):
+    """`jax.jit` for attacks, checking arguments first (a clear ValueError, not a NaN).
+
+    Checks every argument named in NONNEGATIVE or POSITIVE_COUNTS, then calls
+    `validate(arguments)` if given. Values traced by an outer jit are not checked.
+    """
+
+    def wrap(fn):
+        jitted = jax.jit(fn, static_argnames=static_argnames)
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def checked(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            for name, value in bound.arguments.items():
+                _check_argument(name, value)
+            if validate is not None:
+                validate(bound.arguments)
+            return jitted(*args, **kwargs)
+
+        return checked
+
+    return wrap
+
+
+def default_unroll(steps: int) -> int:
+    """How many loop iterations to unroll in an attack's `lax.scan`.
+
+    XLA:CPU runs convolutions inside a rolled loop several times slower than unrolled
+    (jax-ml/jax#12868), so on CPU short loops unroll fully and long ones by 10; on
+    accelerators a rolled loop is as fast and compiles quicker.
+    """
+    if jax.default_backend() != "cpu":
+        return 1
+    return steps if steps <= 20 else 10

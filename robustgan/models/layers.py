@@ -1,0 +1,111 @@
+"""Building blocks shared by the classifiers: pooling, conv-BN-ReLU, the residual block.
+
+BatchNorm everywhere uses momentum 0.9 and epsilon 1e-5. A module normalizes with batch
+statistics iff `batch_stats_mode(train, batch_stats)` is true; the caller then passes
+`mutable=['batch_stats']`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import flax.linen as nn
+import jax
+
+from robustgan.errors import ConfigError
+
+BatchNorm = partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
+
+
+def batch_stats_mode(train: bool, batch_stats: bool | None) -> bool:
+    """Whether BatchNorm uses the batch's statistics: `train` unless overridden."""
+    return train if batch_stats is None else batch_stats
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max-pooling with stride 2 on NHWC input (odd trailing rows/columns dropped).
+
+    For even H and W this is a reshape and a max, whose backward pass is a cheap
+    elementwise mask instead of XLA:CPU's slow select-and-scatter; otherwise it falls
+    back to `nn.max_pool`. On ties the gradient is shared among the maxima rather
+    than sent to the first one.
+    """
+    n, h, w, c = x.shape
+    if h % 2 or w % 2:
+        return nn.max_pool(x, (2, 2), strides=(2, 2))
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def check_image_shape(x: jax.Array, model: str, height: int, width: int) -> None:
+    """Raise ConfigError unless x is a batch of NHWC images of height x width pixels."""
+    if x.ndim != 4 or x.shape[1:3] != (height, width):
+        raise ConfigError(
+            f"{model} takes NHWC image batches of shape (N, {height}, {width}, C) "
+            f"(any channel count C); got an input of shape {tuple(x.shape)}. "
+            "Resize or pad the data, or pick a model made for this image size."
+        )
+
+
+class ConvBNReLU(nn.Module):
+    """Convolution, then BatchNorm (if `use_bn`, else a conv bias), then ReLU (if `relu`).
+
+    `padding` is 'SAME', 'VALID' or an int p (p pixels on every side, as PyTorch's
+    `padding=p`).
+    """
+
+    features: int
+    kernel_size: int
+    strides: int = 1
+    padding: str | int = "SAME"
+    use_bn: bool = True
+    relu: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, use_batch_stats: bool) -> jax.Array:
+        k, s = self.kernel_size, self.strides
+        x = nn.Conv(self.features, (k, k), (s, s), padding=self.padding,
+                    use_bias=not self.use_bn)(x)
+        if self.use_bn:
+            x = BatchNorm(use_running_average=not use_batch_stats)(x)
+        return nn.relu(x) if self.relu else x
+
+
+class ResidualBlock(nn.Module):
+    """ResNet v1 basic block (He et al. 2016): post-activation, conv-BN-ReLU-conv-BN,
+    plus the input (or a 1x1 strided conv-BN projection of it when the shape changes),
+    then ReLU. 3x3 convolutions pad 1 pixel on every side (PyTorch's convention)."""
+
+    features: int
+    strides: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array, use_batch_stats: bool) -> jax.Array:
+        y = ConvBNReLU(self.features, 3, self.strides, padding=1)(x, use_batch_stats)
+        y = ConvBNReLU(self.features, 3, padding=1, relu=False)(y, use_batch_stats)
+        if self.strides != 1 or x.shape[-1] != self.features:
+            x = ConvBNReLU(self.features, 1, self.strides, padding=0, relu=False)(
+                x, use_batch_stats)
+        return nn.relu(x + y)
+
+
+class ResNetTrunk(nn.Module):
+    """3x3 conv-BN-ReLU stem, then stages of `ResidualBlock`s, then global average pool.
+
+    stage_features[i] filters and stage_blocks[i] blocks in stage i; the first block of
+    stage i has stride stage_strides[i].
+    """
+
+    stem_features: int
+    stage_features: Sequence[int]
+    stage_blocks: Sequence[int]
+    stage_strides: Sequence[int]
+
+    @nn.compact
+    def __call__(self, x: jax.Array, use_batch_stats: bool) -> jax.Array:
+        x = ConvBNReLU(self.stem_features, 3, padding=1)(x, use_batch_stats)
+        stages = zip(self.stage_features, self.stage_blocks, self.stage_strides, strict=True)
+        for features, blocks, strides in stages:
+            for i in range(blocks):
+                x = ResidualBlock(features, strides if i == 0 else 1)(x, use_batch_stats)
+        return x.mean(axis=(1, 2))
