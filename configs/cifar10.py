@@ -15,5 +15,7 @@ def get_config(arg=None):
     if c.method != "standard":
         c.optimizer.weight_decay = 1e-5
     c.data.pad_crop, c.data.flip = 4, True
+    if c.method == "advnet":  # Sec. 4.3: G1; G by Adam 0.002, beta1 0.5; wd 1e-5
+        configlib.apply_advnet_paper(c, generator="g1", weight_decay=1e-5, g_adam=True)
     c.lock()
     return c

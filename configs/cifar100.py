@@ -12,5 +12,7 @@ def get_config(arg=None):
     )
     c.data.num_classes = 100
     c.data.pad_crop, c.data.flip = 4, True
+    if c.method == "advnet":  # CIFAR-10's advnet setting (Wang & Yu appendix)
+        configlib.apply_advnet_paper(c, generator="g1", weight_decay=1e-5, g_adam=True)
     c.lock()
     return c

@@ -10,6 +10,8 @@ def get_config(arg=None):
         learning_rate=0.01, weight_decay=1e-4, num_train_steps=200_000,
         model_kwargs={"width": 1},
     )
-    c.data.svhn_extra = True
+    c.data.svhn_extra = 80_000
+    if c.method == "advnet":  # Sec. 4.2: G1; G by SGD 0.01 momentum 0.9; wd 1e-4 for D and G
+        configlib.apply_advnet_paper(c, generator="g1", weight_decay=1e-4)
     c.lock()
     return c
