@@ -81,6 +81,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.batch_norm = "eval"
     c.eval.num_examples = 0  # 0: the whole test split
     c.eval.split = "test"
+    # The rest of the protocol (evaluate.protocol_measures), on the first images only.
+    c.eval.measures = True
+    c.eval.measure_examples = 500
+    c.eval.deepfool_steps = 10
+    c.eval.curve_eps_fractions = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+    # Substitute black box (Papernot et al., as Defense-GAN): a model name ('' = skip),
+    # seeded with the first `substitute_seed_size` evaluation images.
+    c.eval.substitute = ""
+    c.eval.substitute_seed_size = 150
+    c.eval.substitute_rounds = 6
+    c.eval.substitute_epochs = 10
 
     # advnet (Wang & Yu, ICLR 2019): classifier D vs perturbation generator G (game.py).
     c.advnet = ml_collections.ConfigDict()

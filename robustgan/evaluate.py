@@ -134,3 +134,48 @@ def evaluate(config, dataset, classifier, mesh) -> dict[str, float]:
         value_range=config.data.value_range, mesh=mesh,
         rng=jax.random.key(config.seed + 2), progress=config.progress_bar,
     )
+
+
+def protocol_measures(config, dataset, classifier, mesh, *, white_box_accuracy=None,
+                      transfer_accuracy=None) -> dict:
+    """The rest of the protocol on the first `eval.measure_examples` evaluation images:
+    sanity checks (flagged, never hidden), rho_2 / rho_inf (Deep Defense Eq. 7), eps_ref
+    and accuracy at 0.2/0.5/1.0 eps_ref, a PGD robustness curve, and, when
+    `eval.substitute` names a model, Papernot et al.'s substitute-training black box."""
+    from robustgan import blackbox, measures, models
+
+    e = config.eval
+    x, y = eval_split(config, dataset)
+    x, y = x[: e.measure_examples], y[: e.measure_examples]
+    common = dict(batch_size=e.batch_size, value_range=config.data.value_range, mesh=mesh)
+    keys = jax.random.split(jax.random.key(config.seed + 3), 6)
+    out = {"num_examples": len(y)}
+    out["sanity"] = measures.sanity_checks(
+        classifier, x, y, eps=e.eps, rng=keys[0], white_box_accuracy=white_box_accuracy,
+        transfer_accuracy=transfer_accuracy, **common)
+    for key, norm, rng in (("rho_2", "l2", keys[1]), ("rho_inf", "linf", keys[2])):
+        out[key] = measures.rho(classifier, x, y, norm, rng=rng, max_iter=e.deepfool_steps,
+                                **common)["rho"]
+    ref = measures.eps_ref(classifier, x, y, rng=keys[3], **common)
+    out["eps_ref"] = ref["eps_ref"]
+    out["accuracy_at_eps_ref"] = {str(k): v for k, v in ref.get("accuracy", {}).items()}
+    pgd = measures.attack_at_eps("pgd", step_fraction=0.25, steps=e.pgd_steps,
+                                 random_start=True)
+    eps, acc = measures.robustness_curve(
+        classifier, x, y, pgd, [f * e.eps for f in e.curve_eps_fractions], rng=keys[4],
+        **common)
+    out["pgd_curve"] = {"eps": eps.tolist(), "accuracy": acc.tolist()}
+    if e.substitute:
+        seed_size = e.substitute_seed_size
+        substitute, history = blackbox.train_substitute(
+            classifier, x[:seed_size], module=models.get_model(e.substitute, dataset.num_classes),
+            x_holdout=x[seed_size:], rounds=e.substitute_rounds,
+            epochs_per_round=e.substitute_epochs, rng=keys[5],
+            value_range=config.data.value_range)
+        out["substitute"] = {
+            "model": e.substitute, "agreement_per_round": history["agreement"],
+            "fgsm_accuracy": blackbox.substitute_attack_accuracy(
+                classifier, substitute, x[seed_size:], y[seed_size:], eps=e.eps,
+                rng=keys[5], **common),
+        }
+    return out

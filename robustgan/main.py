@@ -50,7 +50,11 @@ def run(config, workdir: str, mode: str) -> dict:
     else:
         dataset, method, state = train.restore_trained(config, workdir)
     mesh = parallel.make_mesh()
-    results = evaluate.evaluate(config, dataset, method.classifier(state), mesh)
+    classifier = method.classifier(state)
+    results = evaluate.evaluate(config, dataset, classifier, mesh)
+    measures = None
+    if config.eval.measures:
+        measures = evaluate.protocol_measures(config, dataset, classifier, mesh)
     context = {
         "method": config.method, "data": f"{config.data.source}:{config.data.name}",
         "model": config.model.name, "train_steps": config.num_train_steps,
@@ -61,7 +65,7 @@ def run(config, workdir: str, mode: str) -> dict:
     }
     if jax.process_index() == 0:
         name = f"{config.data.name}/{config.method}"
-        print(report.write_results(workdir, name, results, context), flush=True)
+        print(report.write_results(workdir, name, results, context, measures), flush=True)
     return results
 
 

@@ -1,6 +1,6 @@
 """Robustness measures beyond accuracy at one eps, and sanity checks on an evaluation.
 
-- `robustness_curve` / `plot_curves`: accuracy against eps, and a PNG of several curves.
+- `robustness_curve`: accuracy against eps (report.plot_curves draws them).
 - `rho`: Deep Defense's rho_2 (Yan et al. 2018, Eq. 7) and rho_inf (supplement, Eq. 2):
   mean ||r||_p / ||x||_p over the test set, r the DeepFool perturbation.
 - `eps_ref`: the smallest FGS eps that misclassifies 50% of a fixed set (Deep Defense
@@ -115,25 +115,6 @@ def robustness_curve(
         for e in eps
     ])
     return eps, acc
-
-
-def plot_curves(
-    curves: dict[str, tuple[Sequence[float], Sequence[float]]], path, *,
-    title: str | None = None, xlabel: str = "eps (pixel units)", ylabel: str = "accuracy",
-) -> None:
-    """Writes a PNG with one accuracy-against-eps line per named curve."""
-    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
-
-    fig = Figure(figsize=(5, 3.5), dpi=120)
-    ax = fig.subplots()
-    for name, (eps, acc) in curves.items():
-        ax.plot(np.asarray(eps), np.asarray(acc), marker="o", markersize=3, label=name)
-    ax.set(xlabel=xlabel, ylabel=ylabel, ylim=(-0.02, 1.02), title=title)
-    ax.grid(alpha=0.3)
-    if curves:
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, format="png")
 
 
 # --- rho (Deep Defense Eq. 7) -----------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 
 COLUMN_TITLES = {"clean": "No noise", "fgsm": "FGS", "pgd": "PGD", "min": "Min"}
 
@@ -62,17 +63,65 @@ def _pyplot():
     return plt
 
 
-def write_results(workdir: str, name: str, results: dict[str, float], context: dict) -> str:
-    """Writes results.json and results.md in workdir; returns the Markdown table."""
+def write_results(workdir: str, name: str, results: dict[str, float], context: dict,
+                  measures: dict | None = None) -> str:
+    """Writes results.json, results.md (and robustness_curve.png with measures) in
+    workdir; returns the Markdown for the console."""
     columns = [c for c in ("clean", "fgsm", "pgd", "min") if c in results]
-    table = markdown_table({name: results}, columns)
+    text = markdown_table({name: results}, columns)
+    if measures:
+        text += "\n" + measures_markdown({name: measures})
+        curve = measures["pgd_curve"]
+        plot_curves({name: (curve["eps"], curve["accuracy"])},
+                    os.path.join(workdir, "robustness_curve.png"), title=f"{name}: PGD")
     with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump({"model": name, "results": results, **context}, f, indent=2)
+        json.dump({"model": name, "results": results, "measures": measures, **context}, f,
+                  indent=2)
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write(f"# {name}\n\n")
         f.write("".join(f"- {k}: {v}\n" for k, v in context.items()) + "\n")
-        f.write(table)
-    return table
+        f.write(text)
+    return text
+
+
+def sanity_summary(checks: dict[str, dict]) -> str:
+    """'all passed', or the failed checks in capitals: a failure is shown, never hidden."""
+    failed = [name for name, check in checks.items() if not check["passed"]]
+    return "all passed" if not failed else "FAILED: " + ", ".join(failed)
+
+
+def measures_markdown(rows: dict[str, dict]) -> str:
+    """The protocol measures of each model as one Markdown table."""
+    lines = ["| model | rho_2 | rho_inf | eps_ref | acc @ 0.2/0.5/1.0 eps_ref | "
+             "substitute FGS | sanity checks |", "|---|---:|---:|---:|---|---:|---|"]
+    for name, m in rows.items():
+        at_ref = "/".join(f"{100 * v:.1f}" for v in m["accuracy_at_eps_ref"].values()) or "-"
+        sub = f"{100 * m['substitute']['fgsm_accuracy']:.2f}" if "substitute" in m else "-"
+        lines.append(f"| {name} | {m['rho_2']:.4f} | {m['rho_inf']:.4f} | {m['eps_ref']:.4f} | "
+                     f"{at_ref} | {sub} | {sanity_summary(m['sanity'])} |")
+    first = next(iter(rows.values()))
+    return (f"Protocol measures on the first {first['num_examples']} evaluation images "
+            f"(rho: DeepFool perturbation norm over image norm, pixel units):\n\n"
+            + "\n".join(lines) + "\n")
+
+
+def plot_curves(
+    curves: dict[str, tuple[Sequence[float], Sequence[float]]], path, *,
+    title: str | None = None, xlabel: str = "eps (pixel units)", ylabel: str = "accuracy",
+) -> None:
+    """Writes a PNG with one accuracy-against-eps line per named curve."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+
+    fig = Figure(figsize=(5, 3.5), dpi=120)
+    ax = fig.subplots()
+    for name, (eps, acc) in curves.items():
+        ax.plot(list(eps), list(acc), marker="o", markersize=3, label=name)
+    ax.set(xlabel=xlabel, ylabel=ylabel, ylim=(-0.02, 1.02), title=title)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, format="png")
 
 
 def training_curves(metrics_path: str, png_path: str) -> None:

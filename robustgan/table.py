@@ -74,6 +74,16 @@ def run_table(config, workdir: str) -> dict:
             rng=jax.random.key(run_config.seed + 2), progress=config.progress_bar,
         )
     columns = [*cols, "min"]
+    measures = {}
+    for name, *_ in table.rows:
+        run_config, classifier = trained[name]
+        if not run_config.eval.measures:
+            continue
+        row = results[name]
+        transfer = [row[c] for c, col in cols.items() if col.source is not None]
+        measures[name] = evaluate.protocol_measures(
+            run_config, dataset, classifier, mesh, white_box_accuracy=row.get("pgd"),
+            transfer_accuracy=min(transfer) if transfer else None)
     paper = {k: dict(zip(columns, v, strict=False)) for k, v in table.paper.items()}
     e = first_config.eval
     notes = (f"{first_config.data.name}, {results[table.rows[0][0]]['num_examples']} test "
@@ -81,13 +91,20 @@ def run_table(config, workdir: str) -> dict:
              f"transfer columns: attack crafted on the surrogate in parentheses. "
              f"Min: correct under every column (per-example worst case).")
     markdown = report.results_table_markdown(table.title, results, columns, paper, notes)
+    if measures:
+        markdown += "\n" + report.measures_markdown(measures)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "table.md"), "w") as f:
             f.write(markdown)
         with open(os.path.join(workdir, "table.json"), "w") as f:
             json.dump({"title": table.title, "columns": columns, "results": results,
-                       "paper": paper, "notes": notes,
+                       "paper": paper, "notes": notes, "measures": measures,
                        "runs": {n: run_name(c) for n, (c, _) in trained.items()}}, f, indent=2)
         report.table_figure(table.title, results, columns, os.path.join(workdir, "table.png"))
+        if measures:
+            report.plot_curves(
+                {n: (m["pgd_curve"]["eps"], m["pgd_curve"]["accuracy"])
+                 for n, m in measures.items()},
+                os.path.join(workdir, "table_curves.png"), title=f"{table.title}: PGD")
     print(markdown, flush=True)
     return results

@@ -40,6 +40,7 @@ def tiny_config(tmp_path, method="standard", steps=8, **overrides):
     c.train_attack.steps = 2
     c.eval.batch_size = 32
     c.eval.pgd_steps = 2
+    c.eval.measures = False  # tests that want them turn them on
     c.log_every = 2
     c.checkpoint_every = 4
     c.progress_bar = False

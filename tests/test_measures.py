@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-from robustgan import measures
+from robustgan import measures, report
 from robustgan.attacks import common
 from robustgan.classifier import Classifier
 
@@ -197,7 +197,7 @@ def test_pgd_robustness_curve_is_non_increasing_and_plots(tmp_path):
     assert np.all(np.diff(acc) <= 0) and acc[-1] < acc[0] - 0.3
     fgs_curve = measures.robustness_curve(clf, x, y, measures.fgs, eps, batch_size=BATCH, rng=key())
     path = tmp_path / "curves.png"
-    measures.plot_curves({"pgd-10": (eps, acc), "fgs": fgs_curve}, path, title="tiny")
+    report.plot_curves({"pgd-10": (eps, acc), "fgs": fgs_curve}, path, title="tiny")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

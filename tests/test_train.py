@@ -174,7 +174,8 @@ def test_table_mode_trains_runs_and_lays_out_white_and_transfer_columns(tmp_path
         sys.path.insert(0, {os.path.dirname(__file__)!r})
         from helpers import tiny_config
         def get_config(arg):
-            return tiny_config(pathlib.Path({str(tmp_path)!r}), arg, steps=4)
+            return tiny_config(pathlib.Path({str(tmp_path)!r}), arg, steps=4, **{{
+                "eval.measures": True, "eval.measure_examples": 32, "eval.deepfool_steps": 3}})
     """)
     )
     config = configlib.table_config(
@@ -207,7 +208,10 @@ def test_table_mode_trains_runs_and_lays_out_white_and_transfer_columns(tmp_path
         "table.json",
         "table.md",
         "table.png",
+        "table_curves.png",
     ]
+    saved = json.load(open(os.path.join(workdir, "table.json")))
+    assert "white_box_vs_transfer" in saved["measures"]["adv"]["sanity"]
     text = open(os.path.join(workdir, "table.md")).read()
     assert "| model | No noise | FGS | PGD | FGS(S') | PGD(S') | Min |" in text
     assert "| std | 99.00 | 20.00 |" in text  # the paper's row beside ours
@@ -218,3 +222,24 @@ def test_table_mode_trains_runs_and_lays_out_white_and_transfer_columns(tmp_path
     assert open(log).read() == logged
     with pytest.raises(ConfigError, match="table config"):
         main.run(config, workdir, "train")
+
+
+def test_evaluation_reports_protocol_measures_and_flags_failures(tmp_path):
+    config = tiny_config(tmp_path, steps=20, **{
+        "eval.measures": True, "eval.measure_examples": 40, "eval.substitute": "dgan_e",
+        "eval.substitute_seed_size": 16, "eval.substitute_rounds": 2,
+        "eval.substitute_epochs": 1})
+    workdir = str(tmp_path / "run")
+    main.run(config, workdir, "train")
+    saved = json.load(open(os.path.join(workdir, "results.json")))["measures"]
+    assert set(saved["sanity"]) == {"unbounded_attack", "more_steps", "gradients"}
+    assert saved["rho_2"] > 0 and saved["rho_inf"] > 0 and saved["num_examples"] == 40
+    assert len(saved["pgd_curve"]["accuracy"]) == 7
+    assert len(saved["substitute"]["agreement_per_round"]) == 2
+    assert os.path.exists(os.path.join(workdir, "robustness_curve.png"))
+    text = open(os.path.join(workdir, "results.md")).read()
+    assert "| model | rho_2 | rho_inf | eps_ref |" in text
+    from robustgan import report
+
+    summary = report.sanity_summary({"gradients": {"passed": False}, "x": {"passed": True}})
+    assert summary == "FAILED: gradients"
