@@ -291,7 +291,8 @@ def paper_classifier_config(arg, *, name: str, model: str, eps: float, value_ran
 
 def apply_cpu_recipe(c: ml_collections.ConfigDict, *, epochs: float, train_size: int) -> None:
     """The recipe that fits a CPU budget (ARCHITECTURE.md): Adam 1e-3, eps ramped
-    linearly from 0 over the first epoch, cosine decay, `epochs` epochs in all.
+    linearly from 0 over the first epoch, cosine decay, `epochs` epochs in all; D1
+    without BatchNorm.
     Plain SGD from scratch at MNIST eps 0.3 can collapse to a constant predictor."""
     steps_per_epoch = train_size // c.batch_size
     c.num_train_steps = int(epochs * steps_per_epoch)
@@ -301,6 +302,10 @@ def apply_cpu_recipe(c: ml_collections.ConfigDict, *, epochs: float, train_size:
     c.optimizer.weight_decay = 0.0
     c.optimizer.schedule = "cosine"
     c.train_attack.eps_ramp_steps = steps_per_epoch
+    if c.model.name == "d1":
+        # D1 with BatchNorm reached only 87.6% PGD-10 (98.5% clean) after 3 epochs of this
+        # recipe on MNIST; without it the same recipe is the documented robust one.
+        c.model.kwargs = ml_collections.ConfigDict({"use_bn": False})
     c.checkpoint_every = steps_per_epoch // 2
 
 

@@ -7,7 +7,8 @@ then evaluates `classifier(state)`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 
@@ -30,9 +31,10 @@ class Method:
 
 def build(config, num_classes: int) -> Method:
     """The Method named by config.method."""
-    from robustgan.methods import supervised
+    from robustgan.methods import advnet, supervised
 
-    builders = {"standard": supervised.standard, "pgd_at": supervised.pgd_at}
+    builders = {"standard": supervised.standard, "pgd_at": supervised.pgd_at,
+                "advnet": advnet.advnet}
     if config.method not in builders:
         raise ConfigError(f"unknown method {config.method!r}; choose one of {sorted(builders)}")
     return builders[config.method](config, num_classes)

@@ -1,0 +1,133 @@
+"""advnet end to end (train loop, checkpoints, evaluation) and its configs."""
+
+import glob
+import importlib.util
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import tiny_config
+
+from robustgan import config as configlib
+from robustgan import main, train
+from robustgan.errors import ConfigError
+from robustgan.methods import advnet
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+# Small enough for CPU tests: width-2 generators, 2 ascent steps, D every 2nd iteration.
+TINY = {"advnet.generator_width": 2, "advnet.g_steps": 2, "advnet.d_every": 2}
+
+
+@pytest.fixture(autouse=True)
+def fast_keys():
+    """'rbg' keys only make initialization faster to compile on CPU than threefry."""
+    with jax.default_prng_impl("rbg"):
+        yield
+
+
+def advnet_config(tmp_path, steps=4, **overrides):
+    return tiny_config(tmp_path, "advnet", steps=steps, **{**TINY, **overrides})
+
+
+def logged(workdir):
+    return [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+
+
+def test_train_then_evaluate_with_the_paper_defaults(tmp_path):
+    """finite_difference + G0, as the MNIST config; eval mode restores the same state."""
+    config = advnet_config(tmp_path)
+    workdir = str(tmp_path / "run")
+    results = main.run(config, workdir, "train")
+    assert results["num_examples"] == 64 and 0.0 <= results["pgd"] <= 1.0
+    rows = logged(workdir)
+    assert [r["step"] for r in rows] == [2, 4]
+    for key in ("loss", "clean_loss", "adv_loss", "accuracy", "adv_accuracy", "g_gain"):
+        assert all(np.isfinite(r[key]) for r in rows), key
+    assert main.run(config, workdir, "eval") == results
+
+
+def train_and_check(tmp_path, gradreg, generator):
+    """A 4-iteration run; G1-G3 adapt to 28x28 images (an (H/4, W/4) latent grid), so the
+    tiny MNIST-like data serve. D is LeNet-5 only to compile faster (D1 runs above)."""
+    config = advnet_config(tmp_path, **{"advnet.gradreg": gradreg, "advnet.g_steps": 1,
+                                        "advnet.generator": generator, "model.name": "lenet5"})
+    _, _, state = train.train(config, str(tmp_path / "run"))
+    # G updated in every iteration (1 ascent step), D in iterations 0 and 2.
+    assert (int(state.step), int(state.d.step), int(state.g.step)) == (4, 2, 4)
+    leaves = jax.tree.leaves((state.d.params, state.g.params))
+    assert all(np.isfinite(leaf).all() for leaf in leaves)
+
+
+def test_exact_regularizer_with_the_noise_generator_trains(tmp_path):
+    train_and_check(tmp_path, "exact", "g2")  # the other modes: test_advnet_modes.py
+
+
+def load_config(name, arg):
+    spec = importlib.util.spec_from_file_location("cfg", os.path.join(CONFIGS, name))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(CONFIGS, "*.py"))),
+                         ids=os.path.basename)
+def test_every_config_offers_advnet(path):
+    config = load_config(os.path.basename(path), "advnet")
+    configlib.validate(config)
+    assert config.advnet.eps == config.eval.eps
+
+
+def test_paper_settings_for_advnet():
+    mnist = load_config("mnist.py", "advnet")
+    assert (mnist.advnet.generator, mnist.advnet.d_every, mnist.advnet.g_steps) == ("g0", 5, 5)
+    assert mnist.optimizer.weight_decay == mnist.advnet.g_optimizer.weight_decay == 1e-5
+    assert mnist.optimizer.learning_rate == mnist.advnet.g_optimizer.learning_rate == 0.01
+    assert (mnist.advnet.gradreg, mnist.advnet.gamma, mnist.advnet.adv_weight) == (
+        "finite_difference", 0.01, 1.0)
+    svhn = load_config("svhn.py", "advnet")
+    assert (svhn.advnet.generator, svhn.advnet.d_every, svhn.advnet.eps) == ("g1", 1, 0.05)
+    assert svhn.optimizer.weight_decay == svhn.advnet.g_optimizer.weight_decay == 1e-4
+    cifar = load_config("cifar10.py", "advnet")
+    g = cifar.advnet.g_optimizer
+    assert (g.name, g.learning_rate, g.b1, g.weight_decay) == ("adam", 0.002, 0.5, 1e-5)
+    assert cifar.optimizer.learning_rate == 0.1 and cifar.advnet.eps == pytest.approx(8 / 256)
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("advnet.gradreg", "double_backprop", "advnet.gradreg='double_backprop' is not valid"),
+    ("advnet.generator", "g7", "advnet.generator='g7' is not valid"),
+    ("advnet.eps", 1.5, "advnet.eps=1.5 is out of range"),
+    ("advnet.gamma", -0.01, "advnet.gamma=-0.01 must be >= 0"),
+    ("advnet.fd_step", -1.0, "advnet.fd_step=-1.0 must be >= 0"),
+    ("advnet.generator_width", -2, "advnet.generator_width=-2 must be >= 0"),
+    ("advnet.g_steps", 0, "advnet.g_steps=0 must be at least 1"),
+    ("advnet.d_every", 0, "advnet.d_every=0 must be at least 1"),
+    ("advnet.g_optimizer.name", "rmsprop", "advnet.g_optimizer.name='rmsprop' is not valid"),
+    ("advnet.g_optimizer.learning_rate", 0.0, "advnet.g_optimizer.learning_rate must be"),
+])
+def test_bad_advnet_values_stop_with_the_key_named(key, value, match):
+    c = configlib.base_config()
+    c.method = "advnet"
+    parent, _, leaf = key.rpartition(".")
+    node = c
+    for part in parent.split("."):
+        node = node[part]
+    node[leaf] = value
+    with pytest.raises(ConfigError, match=match):
+        configlib.validate(c)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_d_update_is_skipped_exactly_when_the_predicate_is_false(monkeypatch, backend):
+    """`when` takes lax.cond off CPU, and on CPU updates always and selects."""
+    monkeypatch.setattr(advnet.jax, "default_backend", lambda: backend)
+    update = lambda s: ({"w": s["w"] - 1.0, "n": s["n"] + 1}, {"loss": s["w"] * 2})
+    evaluate = lambda s: {"loss": s["w"] * 2}
+    state = {"w": jnp.float32(3.0), "n": jnp.int32(0)}
+    step = jax.jit(lambda p, s: advnet.when(p, update, evaluate, s))
+    for pred, expected in ((True, (2.0, 1)), (False, (3.0, 0))):
+        new, metrics = step(pred, state)
+        assert (float(new["w"]), int(new["n"])) == expected and float(metrics["loss"]) == 6.0
