@@ -15,6 +15,6 @@ def get_config(arg=None):
     if c.method == "advnet":  # MNIST's advnet setting (Wang & Yu Sec. 4.1)
         configlib.apply_advnet_paper(c, generator="g0", weight_decay=1e-5, d_every=5)
     if "cpu" in c.options:
-        configlib.apply_cpu_recipe(c, epochs=3 if c.method == "pgd_at" else 2, train_size=60_000)
+        configlib.apply_cpu_recipe(c, epochs=2, train_size=60_000)
     c.lock()
     return c

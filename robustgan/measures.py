@@ -280,7 +280,7 @@ def gradient_check(
 
 def unbounded_attack_check(
     classifier: Classifier, x, y, *, batch_size: int, rng, value_range=None, mesh=None,
-    steps: int = 100, step_size: float = 0.05, max_accuracy: float = 0.01,
+    steps: int = 20, step_size: float = 0.1, max_accuracy: float = 0.01,
     unroll: int | None = None,
 ) -> dict:
     """Passes if L-inf PGD at eps=1 (the whole data range) brings accuracy to at most
@@ -300,7 +300,7 @@ def unbounded_attack_check(
 
 def more_steps_check(
     classifier: Classifier, x, y, *, eps: float, batch_size: int, rng, value_range=None,
-    mesh=None, steps: tuple[int, int] = (10, 40), step_size: float | None = None,
+    mesh=None, steps: tuple[int, int] = (10, 20), step_size: float | None = None,
     tolerance: float | None = None, unroll: int | None = None,
 ) -> dict:
     """Passes if PGD with more steps is not weaker: acc(steps[1]) <= acc(steps[0]) + tolerance.
@@ -341,8 +341,8 @@ def white_box_vs_transfer_check(
 def sanity_checks(
     classifier: Classifier, x, y, *, eps: float, batch_size: int, rng, value_range=None,
     mesh=None, white_box_accuracy: float | None = None,
-    transfer_accuracy: float | None = None, pgd_steps: tuple[int, int] = (10, 40),
-    unbounded_steps: int = 100, max_unbounded_accuracy: float = 0.01,
+    transfer_accuracy: float | None = None, pgd_steps: tuple[int, int] = (10, 20),
+    unbounded_steps: int = 20, max_unbounded_accuracy: float = 0.01,
     max_zero_gradient_fraction: float = 0.0, unroll: int | None = None,
 ) -> dict[str, dict]:
     """Runs the checks; {name: {'passed': bool, <the numbers behind it>}}.

@@ -71,9 +71,14 @@ def _truncate_log(path: str, last_step: int) -> None:
         f.writelines(rows)
 
 
-def _flush(pending, log: MetricsLog, batch_size: int, seconds: float):
-    """Fetches the pending steps' metrics, stops on the first non-finite loss, logs means."""
+def _flush(pending, log: MetricsLog, batch_size: int, since: float):
+    """Fetches the pending steps' metrics, stops on the first non-finite loss, logs means.
+
+    Throughput is timed once the metrics have arrived: steps are dispatched
+    asynchronously, so the clock must not stop before they have run.
+    """
     host = jax.device_get(pending)
+    seconds = time.perf_counter() - since
     for step, metrics in host:
         bad = {k: float(v) for k, v in metrics.items() if not np.isfinite(v)}
         if bad:
@@ -134,7 +139,7 @@ def train(config, workdir: str):
             done = step + 1
             save = done % config.checkpoint_every == 0 or done == total
             if done % config.log_every == 0 or save:
-                means = _flush(pending, log, config.batch_size, time.perf_counter() - tick)
+                means = _flush(pending, log, config.batch_size, tick)
                 bar.update(len(pending))
                 bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()})
                 if not config.progress_bar:
