@@ -16,6 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
+from jax.extend import core as jax_core
+from jax.extend.core import primitives
 
 from robustgan.classifier import Classifier
 
@@ -82,6 +85,111 @@ def fooled(logits: jax.Array, labels: jax.Array, targeted) -> jax.Array:
     return jnp.where(targeted, predicted == labels, predicted != labels)
 
 
+def _conv_with_hwio_input_grad(params: dict):
+    """conv_general_dilated(lhs, rhs, **params) whose derivative with respect to lhs is a
+    convolution with an HWIO-ordered kernel (see `conv_friendly`)."""
+    dims = params["dimension_numbers"]
+    out_axis, in_axis = dims.rhs_spec[0], dims.rhs_spec[1]
+    swap = list(range(len(dims.rhs_spec)))
+    swap[out_axis], swap[in_axis] = in_axis, out_axis
+    # The same convolution, stated for the kernel with its feature axes swapped.
+    swapped = dict(params, dimension_numbers=dims._replace(
+        rhs_spec=(in_axis, out_axis, *dims.rhs_spec[2:])))
+    conv = functools.partial(primitives.conv_general_dilated_p.bind, **params)
+
+    @jax.custom_jvp
+    def conv_fn(lhs, rhs):
+        return conv(lhs, rhs)
+
+    def conv_jvp(primal, tangent):
+        (lhs, rhs), (lhs_dot, rhs_dot) = primal, tangent
+        out = conv(lhs, rhs)
+        terms = []
+        if not isinstance(lhs_dot, SymbolicZero):
+            # Transposing this term (the input gradient) swaps the feature axes back:
+            # the gradient convolution's kernel is HWIO.
+            kernel = jnp.transpose(rhs, swap)
+            terms.append(primitives.conv_general_dilated_p.bind(lhs_dot, kernel, **swapped))
+        if not isinstance(rhs_dot, SymbolicZero):
+            terms.append(conv(lhs, rhs_dot))
+        return out, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
+
+    conv_fn.defjvp(conv_jvp, symbolic_zeros=True)
+    return conv_fn
+
+
+def _has_conv(jaxpr) -> bool:
+    return any(
+        eqn.primitive is primitives.conv_general_dilated_p
+        or (eqn.primitive is primitives.jit_p and _has_conv(eqn.params["jaxpr"].jaxpr))
+        for eqn in jaxpr.eqns
+    )
+
+
+def _eval_conv_friendly(jaxpr, consts, *args):
+    """`jax.core.eval_jaxpr` with each single-group convolution (also inside nested jits)
+    replaced by `_conv_with_hwio_input_grad`'s."""
+    env = {}
+
+    def read(v):
+        return v.val if isinstance(v, jax_core.Literal) else env[v]
+
+    env.update(zip(jaxpr.constvars, consts, strict=True))
+    env.update(zip(jaxpr.invars, args, strict=True))
+    for eqn in jaxpr.eqns:
+        inputs = [read(v) for v in eqn.invars]
+        params = eqn.params
+        if (eqn.primitive is primitives.conv_general_dilated_p
+                and params["feature_group_count"] == 1 and params["batch_group_count"] == 1):
+            outputs = [_conv_with_hwio_input_grad(params)(*inputs)]
+        elif eqn.primitive is primitives.jit_p and _has_conv(params["jaxpr"].jaxpr):
+            inner = params["jaxpr"]
+            outputs = _eval_conv_friendly(inner.jaxpr, inner.consts, *inputs)
+        else:
+            with eqn.ctx.manager:
+                outputs = eqn.primitive.bind(*inputs, **eqn.primitive.get_bind_params(params))
+            if not eqn.primitive.multiple_results:
+                outputs = [outputs]
+        env.update(zip(eqn.outvars, outputs, strict=True))
+    return [read(v) for v in jaxpr.outvars]
+
+
+def conv_friendly(fn):
+    """`fn` with the same values and derivatives, whose input gradients XLA:CPU computes
+    fast inside an attack's loop (identity on other backends).
+
+    JAX differentiates a convolution with respect to its input by a convolution whose
+    kernel has its input and output feature axes swapped ('01oi'). XLA:CPU runs a
+    convolution with its fast kernels (YNNPACK, Eigen) only for NHWC inputs and HWIO
+    kernels; it rewrites other convolutions into that form, but only in the entry
+    computation (xla/service/cpu/conv_canonicalization.cc), so inside a `lax.scan` the
+    gradient convolutions fall back to a naive loop nest, 10-25x slower (the cause of
+    jax-ml/jax#12868, and why unrolling paid). Here every convolution of fn gets a custom
+    JVP that feeds the input tangent an explicitly transposed kernel, so the convolution
+    that reverse mode derives from it is HWIO. Only kernels are transposed (small);
+    values and gradients are bit-identical. Convolutions inside control flow or custom
+    derivatives of fn are left as they are.
+    """
+    if jax.default_backend() != "cpu":
+        return fn
+
+    @functools.wraps(fn)
+    def wrapped(*args):
+        flat, tree = jax.tree.flatten(args)
+        closed, out_shape = jax.make_jaxpr(
+            lambda *leaves: fn(*jax.tree.unflatten(tree, leaves)), return_shape=True
+        )(*flat)
+        outputs = _eval_conv_friendly(closed.jaxpr, closed.consts, *flat)
+        return jax.tree.unflatten(jax.tree.structure(out_shape), outputs)
+
+    return wrapped
+
+
+def model_logits(classifier: Classifier, x: jax.Array, rng=None) -> jax.Array:
+    """`classifier.logits(x, rng)`, differentiating fast on CPU (`conv_friendly`)."""
+    return conv_friendly(classifier.apply_fn)(classifier.variables, x, rng)
+
+
 def loss_and_input_grad(classifier, loss_fn, x, labels, rng, sign=1.0):
     """Per-example `sign * loss`, its gradient with respect to the input, and the logits.
 
@@ -90,7 +198,7 @@ def loss_and_input_grad(classifier, loss_fn, x, labels, rng, sign=1.0):
     """
 
     def total(x_):
-        logits = classifier.logits(x_, rng)
+        logits = model_logits(classifier, x_, rng)
         per_example = sign * loss_fn(logits, labels)
         return per_example.sum(), (per_example, logits)
 
