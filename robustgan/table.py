@@ -84,7 +84,8 @@ def run_table(config, workdir: str) -> dict:
         measures[name] = evaluate.protocol_measures(
             run_config, dataset, classifier, mesh, white_box_accuracy=row.get("pgd"),
             transfer_accuracy=min(transfer) if transfer else None)
-    paper = {k: dict(zip(columns, v, strict=False)) for k, v in table.paper.items()}
+    paper = {name: dict(zip(columns, table.paper[name], strict=False))
+             for name, *_ in table.rows if name in table.paper}
     e = first_config.eval
     notes = (f"{first_config.data.name}, {results[table.rows[0][0]]['num_examples']} test "
              f"images, eps {e.eps:g}; PGD-{e.pgd_steps} step {e.pgd_step_size:g}, random start; "
