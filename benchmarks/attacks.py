@@ -55,7 +55,7 @@ import numpy as np
 import torch
 import torchattacks
 
-from robustgan import attacks
+from robustgan import attacks, parallel
 from robustgan.attacks import common
 from robustgan.classifier import Classifier, ModelApply
 from robustgan.models import get_model
@@ -180,6 +180,11 @@ def jax_attack(kind: str, classifier: Classifier, x, y, eps, step, c, steps: int
             clf, x_, y_, key, steps=steps, binary_steps=1, initial_const=c,
             learning_rate=0.01, unroll=unroll,
         )
+    # As evaluate.py runs attacks: the classifier replicated and the batch sharded over
+    # the mesh (on this CPU, one device per core: parallel.use_cpu_cores).
+    mesh = parallel.make_mesh()
+    classifier = parallel.replicate(classifier, mesh)
+    x, y = parallel.shard_batch((x, y), mesh)
     key = jax.random.key(1)
     compiled = jax.jit(fn).lower(classifier, x, y, key).compile()
     return lambda: jax.block_until_ready(compiled(classifier, x, y, key))
@@ -201,7 +206,8 @@ def cpu_name() -> str:
 
 def versions_line(batch: int) -> str:
     return (
-        f"{jax.devices()[0].device_kind} ({cpu_name()}, {os.cpu_count()} cores); "
+        f"{jax.device_count()} x {jax.devices()[0].device_kind} ({cpu_name()}, "
+        f"{os.cpu_count()} cores); "
         f"jax {jax.__version__}, flax {flax.__version__}, torch {torch.__version__}, "
         f"torchattacks {torchattacks.__version__}; batch {batch}"
     )

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from robustgan import config as configlib
-from robustgan import methods
+from robustgan import methods, parallel
 
 BATCH = 64
 
@@ -34,10 +34,15 @@ def jax_steps(method_name: str):
     method = methods.build(c, 10)
     x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (BATCH, 28, 28, 1)), jnp.float32)
     y = jnp.asarray(np.random.default_rng(1).integers(0, 10, BATCH), jnp.int32)
-    state = method.init(jax.random.key(0), x[:1])
+    # As train.py runs it: parameters replicated and the batch sharded over the mesh (on
+    # this CPU, one device per core: parallel.use_cpu_cores).
+    mesh = parallel.make_mesh()
+    state = parallel.replicate(method.init(jax.random.key(0), x[:1]), mesh)
+    x, y = parallel.shard_batch((x, y), mesh)
     step = jax.jit(method.train_step, donate_argnums=0)
     compiled = step.lower(state, x, y, jax.random.key(1)).compile()
-    flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
+    # XLA's cost analysis counts one device's shard of the step.
+    flops = mesh.devices.size * (compiled.cost_analysis() or {}).get("flops", float("nan"))
 
     def run(n):
         nonlocal state
@@ -112,7 +117,7 @@ def main():
         torch_version = torch.__version__
     except ImportError:
         torch_version = None
-    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; "
+    print(f"jax {jax.__version__} on {jax.device_count()} x {jax.devices()[0].device_kind}; "
           f"torch {torch_version or 'not installed'}; D1, batch {BATCH}")
     print("| step | JAX img/s | PyTorch img/s | JAX / PyTorch | JAX GFLOP/s |")
     print("|---|---:|---:|---:|---:|")

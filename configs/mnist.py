@@ -1,38 +1,67 @@
 """MNIST (Wang & Yu section 4.1): D1, inputs in [-1, 1], eps 0.3.
 
-Arg: 'standard', 'pgd_at' or 'advnet', optionally ',cpu'. The default is the paper's schedule
-(SGD 0.01 momentum 0.9, wd 1e-4, batch 64, 200k steps, lr / 10 at 100k: GPU work).
-',cpu' is the recipe that fits a CPU budget: Adam 1e-3, cosine decay, eps ramped over
-the first epoch, 3 epochs (standard: 2 epochs).
+Arg: 'standard', 'pgd_at', 'advnet' or 'eat', optionally ',cpu'; advnet also takes the
+gradreg mode as an option (',none', ',exact', ',authors_code'; default finite_difference,
+Eq. 9). The default is the paper's schedule (SGD 0.01 momentum 0.9, wd 1e-4, batch 64,
+200k steps, lr / 10 at 100k; advnet: 5 G updates per D update, wd 1e-5: GPU work).
+',cpu' is the recipe that fits a CPU budget: Adam 1e-3, cosine decay, D1 without BN;
+standard and eat 2 epochs, pgd_at 3 epochs with eps ramped over the first, advnet
+ADVNET_CPU_EPOCHS epochs with a D update every iteration (config.apply_advnet_cpu_recipe).
+eat needs --config.eat.sources (run directories of trained standard models).
 
 Arg 'table1' (with --mode table): Wang & Yu's Table 1 layout on the ',cpu' recipe; rows
-standard (A) and PGD-AT (B), surrogates A' and B' (same method, seed 1).
+standard (A), PGD-AT (B), advnet (C) and EAT (on A's examples), surrogates A', B', C'
+(same method, seed 1).
+Arg 'gradreg_study' (with --mode table): advnet on the ',cpu' recipe trained with each
+gradreg mode, with A', B', C' as surrogates (shares its runs with 'table1' when given the
+same --workdir), plus the agreement and cost measurements (robustgan/gradreg_study.py).
 """
 
 from robustgan import config as configlib
 
-# Wang & Yu Table 1 (%): No noise, FGS, PGD, FGS(A'), PGD(A'), FGS(B'), PGD(B').
+# Wang & Yu Table 1 (%): No noise, FGS, PGD, FGS(A'), PGD(A'), FGS(B'), PGD(B'),
+# FGS(C'), PGD(C'); the EAT row is their Table 4's "ensemble (MNIST)".
 PAPER_TABLE1 = {
-    "standard (A)": (99.40, 23.70, 0.00, 39.49, 3.41, 90.56, 86.10),
-    "PGD-AT (B)": (98.70, 95.46, 92.92, 95.78, 96.18, 95.58, 95.01),
+    "standard (A)": (99.40, 23.70, 0.00, 39.49, 3.41, 90.56, 86.10, 94.21, 91.36),
+    "PGD-AT (B)": (98.70, 95.46, 92.92, 95.78, 96.18, 95.58, 95.01, 97.05, 96.48),
+    "advnet (C)": (99.32, 94.66, 87.09, 95.75, 96.19, 96.15, 95.24, 96.96, 95.78),
+    "EAT": (98.65, 2.52, 0.00, 90.91, 93.91, 90.94, 88.12, 90.79, 89.61),
 }
+ADVNET_CPU_EPOCHS = 2
+GRADREGS = ("none", "exact", "authors_code")
+SURROGATES = [("A'", "standard,cpu", 1), ("B'", "pgd_at,cpu", 1), ("C'", "advnet,cpu", 1)]
 
 
 def get_config(arg=None):
     if arg == "table1":
         return configlib.table_config(
             "Wang & Yu Table 1 layout: MNIST, eps 0.3", __file__,
-            rows=[("standard (A)", "standard,cpu", 0), ("PGD-AT (B)", "pgd_at,cpu", 0)],
-            surrogates=[("A'", "standard,cpu", 1), ("B'", "pgd_at,cpu", 1)],
-            paper=PAPER_TABLE1,
+            rows=[("standard (A)", "standard,cpu", 0), ("PGD-AT (B)", "pgd_at,cpu", 0),
+                  ("advnet (C)", "advnet,cpu", 0), ("EAT", "eat,cpu", 0)],
+            surrogates=SURROGATES, paper=PAPER_TABLE1, eat_sources=("standard (A)",),
+        )
+    if arg == "gradreg_study":
+        return configlib.gradreg_study_config(
+            "MNIST advnet: gradient regularization modes", __file__,
+            rows=[("finite_difference", "advnet,cpu", 0), ("exact", "advnet,cpu,exact", 0),
+                  ("none", "advnet,cpu,none", 0)],
+            surrogates=SURROGATES, agreement_row="finite_difference",
         )
     c = configlib.paper_classifier_config(
         arg, name="mnist", model="d1", eps=0.3, value_range=(-1.0, 1.0),
-        learning_rate=0.01, weight_decay=1e-4, num_train_steps=200_000, known_options=("cpu",),
+        learning_rate=0.01, weight_decay=1e-4, num_train_steps=200_000,
+        known_options=("cpu", *GRADREGS),
     )
     if c.method == "advnet":  # Sec. 4.1: G0; 5 G updates per D update; wd 1e-5 for D and G
         configlib.apply_advnet_paper(c, generator="g0", weight_decay=1e-5, d_every=5)
+        c.advnet.gradreg = next((g for g in GRADREGS if g in c.options), "finite_difference")
+    elif set(GRADREGS) & set(c.options):
+        raise configlib.ConfigError(f"the gradreg options {GRADREGS} are for advnet")
     if "cpu" in c.options:
-        configlib.apply_cpu_recipe(c, epochs=3 if c.method == "pgd_at" else 2, train_size=60_000)
+        if c.method == "advnet":
+            configlib.apply_advnet_cpu_recipe(c, epochs=ADVNET_CPU_EPOCHS, train_size=60_000)
+        else:
+            configlib.apply_cpu_recipe(c, epochs=3 if c.method == "pgd_at" else 2,
+                                       train_size=60_000)
     c.lock()
     return c

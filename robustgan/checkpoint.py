@@ -30,6 +30,10 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def steps(self) -> list[int]:
+        """The steps that have a checkpoint, oldest first."""
+        return sorted(self._manager.all_steps())
+
     def save(self, step: int, state) -> None:
         tree = flax.serialization.to_state_dict(state)
         self._manager.save(step, args=ocp.args.StandardSave(tree))

@@ -16,7 +16,7 @@ import ml_collections
 
 from robustgan.errors import ConfigError
 
-METHODS = ("standard", "pgd_at", "advnet")
+METHODS = ("standard", "pgd_at", "advnet", "eat")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "cosine")
 DATA_SOURCES = ("tfds", "idx", "imagefolder", "npz", "embedded")
@@ -118,6 +118,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.advnet.g_optimizer.decay_at = (0.5,)
     c.advnet.g_optimizer.warmup_steps = 0
 
+    # eat (Wang & Yu Sec. 4.4, after Tramer et al.): run directories of the pre-trained
+    # undefended models whose adversarial examples it trains on (eps, PGD settings from
+    # train_attack). In table mode an entry may name another run of the table.
+    c.eat = ml_collections.ConfigDict()
+    c.eat.sources = ()
+
     c.log_every = 50
     c.checkpoint_every = 1000
     c.keep_checkpoints = 3
@@ -183,6 +189,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.eval.split == "validation" and config.data.validation_size == 0:
         raise ConfigError("config.eval.split='validation' needs config.data.validation_size > 0")
     _check_advnet(config.advnet)
+    if config.method == "eat":
+        if not config.eat.sources:
+            raise ConfigError(
+                "config.eat.sources is empty: eat trains on adversarial examples of "
+                "pre-trained undefended models; give their run directories, e.g. "
+                "--config.eat.sources='(\"runs/mnist_standard\",)'")
+        if config.batch_size % 4:
+            raise ConfigError(f"config.batch_size={config.batch_size}: eat splits each batch "
+                              "into 4 (clean, FGS, PGD, LL-FGS); use a multiple of 4")
 
 
 def _check_optimizer(key: str, opt) -> None:
@@ -310,13 +325,14 @@ def apply_cpu_recipe(c: ml_collections.ConfigDict, *, epochs: float, train_size:
 
 
 def table_config(title: str, config_file: str, *, rows, surrogates, attacks=("fgsm", "pgd"),
-                 paper=None) -> ml_collections.ConfigDict:
+                 paper=None, eat_sources=()) -> ml_collections.ConfigDict:
     """A results table in the papers' layout (`--mode table`).
 
     rows / surrogates: (name, config argument of `config_file`, seed). Each row is
     attacked white box (clean, then `attacks`) and black box by transfer (`attacks`
     crafted on each surrogate). paper: row name -> the paper's numbers for those columns,
-    printed beside ours.
+    printed beside ours. eat_sources: names of earlier runs whose models an eat row
+    attacks (its config.eat.sources).
     """
     c = ml_collections.ConfigDict()
     c.table = ml_collections.ConfigDict()
@@ -328,9 +344,38 @@ def table_config(title: str, config_file: str, *, rows, surrogates, attacks=("fg
     c.table.paper = ml_collections.ConfigDict(
         {k: tuple(v) for k, v in (paper or {}).items()}
     )
+    c.table.eat_sources = tuple(eat_sources)
     c.table.eval_num_examples = 0  # 0: the whole test split
     c.progress_bar = True
     c.lock()
+    return c
+
+
+def apply_advnet_cpu_recipe(c: ml_collections.ConfigDict, *, epochs: float,
+                            train_size: int) -> None:
+    """advnet on a CPU budget: D on `apply_cpu_recipe` (Adam, cosine, D1 without BN), G as
+    in the paper, and a D update every iteration (d_every=1). On XLA:CPU a skipped D update
+    costs as much as a taken one (methods/advnet.py `when`), so the paper's MNIST d_every=5
+    would spend the same time for a fifth of D's updates. Keeps a checkpoint every half
+    epoch for the gradreg study's agreement probes."""
+    apply_cpu_recipe(c, epochs=epochs, train_size=train_size)
+    c.advnet.d_every = 1
+    c.keep_checkpoints = max(3, int(2 * epochs) + 1)
+    c.log_every = 20
+
+
+def gradreg_study_config(title: str, config_file: str, *, rows, surrogates,
+                         agreement_row: str) -> ml_collections.ConfigDict:
+    """The exact-vs-finite-difference study (robustgan/gradreg_study.py): a table of advnet
+    runs, one per gradreg mode (rows), with transfer from `surrogates`; agreement probed
+    along the run of row `agreement_row`."""
+    c = table_config(title, config_file, rows=rows, surrogates=surrogates)
+    with c.unlocked():
+        c.study = ml_collections.ConfigDict()
+        c.study.agreement_row = agreement_row
+        c.study.fd_steps = tuple(10.0 ** -k for k in range(1, 8))
+        c.study.cost_steps = 5
+        c.study.cost_rounds = 5
     return c
 
 

@@ -107,23 +107,35 @@ def objective(game: Game, theta, phi, stats, x, y, rng) -> tuple[jax.Array, Aux]
 def d_gradient(game: Game, theta, phi, stats, x, y, rng, *, gradreg: str, gamma: float,
                fd_step: float):
     """D's descent direction (Sec. 3.1): grad_theta F + gamma * H_theta_phi v, v = grad_phi F,
-    the gradient of Eq. 8's F + gamma/2 ||grad_phi F||^2. `gradreg` picks how H v is had:
+    the gradient of Eq. 8's F + gamma/2 ||grad_phi F||^2, with H v as `regularizer` gives
+    it for `gradreg` (none: plain grad_theta F). Returns (gradient, aux), aux from F at
+    (theta, phi).
+    """
+    grad, term, aux = regularizer(game, theta, phi, stats, x, y, rng, gradreg=gradreg,
+                                  fd_step=fd_step)
+    if term is None:
+        return grad, aux
+    return jax.tree.map(lambda g, t: g + gamma * t, grad, term), aux
 
-      none: not at all (plain grad_theta F);
+
+def regularizer(game: Game, theta, phi, stats, x, y, rng, *, gradreg: str, fd_step: float):
+    """(grad_theta F, H_theta_phi v or its stand-in, aux) at (theta, phi), v = grad_phi F.
+    `gradreg` picks how H v is had:
+
+      none: not at all (the term is None);
       exact: forward-over-reverse, the jvp of phi -> grad_theta F(theta, phi) along v
         (no Hessian is formed);
       finite_difference: Eq. 9, [grad_theta F(theta, phi + h v) - grad_theta F(theta, phi)] / h
         with h = fd_step (the paper: eta_G / 10);
-      authors_code: the same difference with the opposite sign, ~ grad_theta F - gamma H v,
-        which is what the authors' TF code computes (CODE_NOTES; their h was D's learning
-        rate / 10: pass it as fd_step to match).
-
-    Returns (gradient, aux) with aux from F at (theta, phi).
+      authors_code: the same difference with the opposite sign, ~ -H v, which is what the
+        authors' TF code adds (CODE_NOTES; their h was D's learning rate / 10: pass it as
+        fd_step to match).
     """
     f = functools.partial(objective, game, stats=stats, x=x, y=y, rng=rng)
     grad_theta = jax.grad(f, argnums=0, has_aux=True)
     if gradreg == "none":
-        return grad_theta(theta, phi)
+        grad, aux = grad_theta(theta, phi)
+        return grad, None, aux
     if gradreg == "exact":
         v, _ = jax.grad(f, argnums=1, has_aux=True)(theta, phi)
         (grad, aux), (term, _) = jax.jvp(functools.partial(grad_theta, theta), (phi,), (v,))
@@ -134,7 +146,7 @@ def d_gradient(game: Game, theta, phi, stats, x, y, rng, *, gradreg: str, gamma:
         term = jax.tree.map(lambda a, b: sign * (a - b) / fd_step, shifted, grad)
     else:
         raise ValueError(f"gradreg must be one of {GRADREGS}, got {gradreg!r}")
-    return jax.tree.map(lambda g, t: g + gamma * t, grad, term), aux
+    return grad, term, aux
 
 
 def ascend_generator(game: Game, tx: optax.GradientTransformation, theta, phi, opt_state,

@@ -2,7 +2,8 @@
 
 Modes: `train` (default: train, then evaluate), `eval` (evaluate the newest
 checkpoint in --workdir) and `table` (a table config such as configs/mnist.py:table1:
-train or reuse every run it names under --workdir, then write the table).
+train or reuse every run it names under --workdir, then write the table; a study config
+such as configs/mnist.py:gradreg_study adds its own measurements to its table).
 Override any config key with `--config.key=value`; unknown keys and bad values stop
 before data are loaded or anything is compiled.
 """
@@ -42,6 +43,10 @@ def run(config, workdir: str, mode: str) -> dict:
             else "this is a table config: run it with --mode table"
         )
     parallel.initialize()
+    if "study" in config:
+        from robustgan import gradreg_study
+
+        return gradreg_study.run_study(config, workdir)
     if is_table:
         return table.run_table(config, workdir)
     configlib.validate(config)

@@ -141,3 +141,64 @@ def training_curves(metrics_path: str, png_path: str) -> None:
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
+
+
+def plot_agreement(agreement: dict[int, list[dict]], png_path: str) -> None:
+    """Relative error and cosine similarity of the finite-difference regularizer against
+    the exact one, against h (log scale), one line per training step."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.5), dpi=120)
+    err_ax, cos_ax = fig.subplots(1, 2)
+    for step, rows in agreement.items():
+        h = [r["h"] for r in rows]
+        err_ax.loglog(h, [max(r["relative_error"], 1e-12) for r in rows], marker="o",
+                      markersize=3, label=f"step {step}")
+        cos_ax.semilogx(h, [r["cosine"] for r in rows], marker="o", markersize=3)
+    err_ax.set(xlabel="h", ylabel="||FD - exact|| / ||exact||",
+               title="finite difference vs exact H v")
+    cos_ax.set(xlabel="h", ylabel="cosine similarity", ylim=(-1.05, 1.05))
+    for ax in (err_ax, cos_ax):
+        ax.grid(alpha=0.3)
+    err_ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(png_path, format="png")
+
+
+def gradreg_study_markdown(results: dict) -> str:
+    """The gradreg study (gradreg_study.run_study) as Markdown: agreement, cost, outcome
+    with the oscillation of the adversarial loss."""
+    agreement = results["agreement"]
+    steps = list(agreement)
+    hs = [r["h"] for r in agreement[steps[0]]]
+    lines = [f"## Exact vs finite-difference gradient regularization ({results['device']})",
+             "", f"### Agreement along `{results['agreement_run']}`", "",
+             "Relative error ||FD - exact|| / ||exact|| (cosine similarity) of the "
+             "finite-difference term against the exact H v, on one minibatch:", "",
+             "| step | " + " | ".join(f"h={h:.0e}" for h in hs) + " |",
+             "|---|" + "---:|" * len(hs)]
+    for step in steps:
+        cells = " | ".join(f"{r['relative_error']:.2e} ({r['cosine']:.4f})"
+                           for r in agreement[step])
+        lines.append(f"| {step} | {cells} |")
+    cost = results["cost"]
+    lines += ["", "### Cost per D step (interleaved, median)", "",
+              "| gradreg | ms / D step | / none | compile s |", "|---|---:|---:|---:|"]
+    for mode, c in cost.items():
+        lines.append(f"| {mode} | {1e3 * c['seconds']:.1f} | "
+                     f"{c['seconds'] / cost['none']['seconds']:.2f} | "
+                     f"{c['compile_seconds']:.1f} |")
+    if "exact" in cost and "finite_difference" in cost:
+        ratio = cost["exact"]["seconds"] / cost["finite_difference"]["seconds"]
+        lines.append(f"\nexact / finite_difference = {ratio:.2f}")
+    outcome = results["outcome"]
+    columns = results["outcome_columns"]
+    lines += ["", "### Outcome", "",
+              "Accuracy (%) and the oscillation of the adversarial loss over the second half "
+              "of training (mean |change| between log points; std):", "",
+              markdown_table(outcome, columns).rstrip("\n").replace(
+                  "| model |", "| gradreg |", 1)]
+    lines += ["", "| gradreg | adv-loss mean abs change | adv-loss std |", "|---|---:|---:|"]
+    for name, swing in results["oscillation"].items():
+        lines.append(f"| {name} | {swing['mean_abs_change']:.4f} | {swing['std']:.4f} |")
+    return "\n".join(lines) + "\n"

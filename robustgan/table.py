@@ -23,13 +23,20 @@ def run_name(config) -> str:
                      f"seed{config.seed}"])
 
 
-def _run_config(table, arg: str, seed: int, progress: bool):
+def _run_config(table, arg: str, seed: int, progress: bool, run_dirs: dict[str, str]):
     config = configlib.load_config_file(f"{table.config_file}:{arg}")
     with config.unlocked():
         config.seed = seed
         config.progress_bar = progress
         if table.eval_num_examples:
             config.eval.num_examples = table.eval_num_examples
+        if config.method == "eat" and table.eat_sources:
+            missing = [name for name in table.eat_sources if name not in run_dirs]
+            if missing:
+                raise configlib.ConfigError(
+                    f"config.table.eat_sources names {missing}: list those runs before "
+                    "the eat row (rows and surrogates train in order)")
+            config.eat.sources = tuple(run_dirs[name] for name in table.eat_sources)
     configlib.validate(config)
     return config
 
@@ -48,14 +55,15 @@ def columns_for(eval_config, attacks: tuple[str, ...], surrogates) -> dict[str, 
     return cols
 
 
-def run_table(config, workdir: str) -> dict:
-    """Trains or reuses every run of the table, evaluates, writes the table files."""
+def run_table(config, workdir: str, output: str = "table") -> dict:
+    """Trains or reuses every run of the table, evaluates, and writes the table as
+    workdir/<output>.md, .json, .png (and <output>_curves.png)."""
     table = config.table
     os.makedirs(workdir, exist_ok=True)
-    trained = {}
+    trained, run_dirs = {}, {}
     for name, arg, seed in (*table.rows, *table.surrogates):
-        run_config = _run_config(table, arg, seed, config.progress_bar)
-        run_dir = os.path.join(workdir, run_name(run_config))
+        run_config = _run_config(table, arg, seed, config.progress_bar, run_dirs)
+        run_dir = run_dirs[name] = os.path.join(workdir, run_name(run_config))
         print(f"[table] {name}: {arg} seed {seed} in {run_dir}", flush=True)
         dataset, method, state = train.train(run_config, run_dir)
         trained[name] = (run_config, method.classifier(state))
@@ -95,17 +103,17 @@ def run_table(config, workdir: str) -> dict:
     if measures:
         markdown += "\n" + report.measures_markdown(measures)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "table.md"), "w") as f:
+        with open(os.path.join(workdir, f"{output}.md"), "w") as f:
             f.write(markdown)
-        with open(os.path.join(workdir, "table.json"), "w") as f:
+        with open(os.path.join(workdir, f"{output}.json"), "w") as f:
             json.dump({"title": table.title, "columns": columns, "results": results,
                        "paper": paper, "notes": notes, "measures": measures,
                        "runs": {n: run_name(c) for n, (c, _) in trained.items()}}, f, indent=2)
-        report.table_figure(table.title, results, columns, os.path.join(workdir, "table.png"))
+        report.table_figure(table.title, results, columns, os.path.join(workdir, f"{output}.png"))
         if measures:
             report.plot_curves(
                 {n: (m["pgd_curve"]["eps"], m["pgd_curve"]["accuracy"])
                  for n, m in measures.items()},
-                os.path.join(workdir, "table_curves.png"), title=f"{table.title}: PGD")
+                os.path.join(workdir, f"{output}_curves.png"), title=f"{table.title}: PGD")
     print(markdown, flush=True)
     return results

@@ -13,6 +13,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import logging
 from tqdm import tqdm
@@ -178,3 +179,12 @@ def restore_trained(config, workdir: str):
         return dataset, method, ckpts.restore(state, step)
     finally:
         ckpts.close()
+
+
+def load_classifier(workdir: str):
+    """The Classifier of the finished run in workdir, rebuilt from its config.json (what
+    methods that attack pre-trained models, such as eat, load)."""
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    _, method, state = restore_trained(config, workdir)
+    return method.classifier(jax.device_get(state))

@@ -3,6 +3,8 @@
 import functools
 import math
 
+import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 
 from robustgan.errors import ConfigError
 from robustgan.models.generators import GENERATORS, INPUT_KINDS, get_generator
+from robustgan.models.layers import ConvTranspose
 
 NUM_CLASSES = 10
 
@@ -111,3 +114,20 @@ def test_unknown_generator_and_bad_width_are_refused():
         get_generator("g9", NUM_CLASSES)
     with pytest.raises(ConfigError, match="width must be >= 0"):
         get_generator("g1", NUM_CLASSES, width=-1)
+
+
+@pytest.mark.parametrize("kernel,stride,size", [(5, 2, 7), (3, 2, 8), (4, 2, 5), (3, 3, 4)])
+def test_subpixel_transposed_conv_equals_flax_conv_transpose(kernel, stride, size):
+    """layers.ConvTranspose (the form whose gradients XLA:CPU runs fast) computes what
+    nn.ConvTranspose(padding='SAME') does, outputs and gradients, with the same params."""
+    x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
+    reference = nn.ConvTranspose(4, (kernel, kernel), (stride, stride), padding="SAME")
+    variables = reference.init(jax.random.key(1), x)
+    ours = ConvTranspose(4, (kernel, kernel), (stride, stride))
+    chex.assert_trees_all_equal_shapes(ours.init(jax.random.key(1), x), variables)
+    loss = lambda module: lambda v, x: (module.apply(v, x) ** 2).sum()
+    np.testing.assert_allclose(ours.apply(variables, x), reference.apply(variables, x),
+                               atol=1e-5)
+    ours_grads = jax.grad(loss(ours), argnums=(0, 1))(variables, x)
+    reference_grads = jax.grad(loss(reference), argnums=(0, 1))(variables, x)
+    chex.assert_trees_all_close(ours_grads, reference_grads, atol=1e-4, rtol=1e-4)

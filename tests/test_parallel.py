@@ -55,3 +55,24 @@ def test_eight_devices_match_one_device(tmp_path):
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+
+
+def _device_count(**env_overrides) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES", "ROBUSTGAN_CPU_DEVICES")}
+    env.update(JAX_PLATFORMS="cpu", **env_overrides)
+    script = "import robustgan, jax; print(jax.device_count())"
+    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_cpu_is_split_into_one_device_per_core_unless_the_user_chose():
+    cores = min(len(os.sched_getaffinity(0)), 8)
+    expected = 1 << (cores.bit_length() - 1)
+    assert _device_count().stdout.split()[-1] == str(expected)
+    assert _device_count(ROBUSTGAN_CPU_DEVICES="1").stdout.split()[-1] == "1"
+    assert _device_count(ROBUSTGAN_CPU_DEVICES="4").stdout.split()[-1] == "4"
+    flags = "--xla_force_host_platform_device_count=3"
+    assert _device_count(XLA_FLAGS=flags).stdout.split()[-1] == "3"
+    bad = _device_count(ROBUSTGAN_CPU_DEVICES="two")
+    assert bad.returncode != 0 and "ROBUSTGAN_CPU_DEVICES='two'" in bad.stderr

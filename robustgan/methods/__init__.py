@@ -31,10 +31,10 @@ class Method:
 
 def build(config, num_classes: int) -> Method:
     """The Method named by config.method."""
-    from robustgan.methods import advnet, supervised
+    from robustgan.methods import advnet, eat, supervised
 
     builders = {"standard": supervised.standard, "pgd_at": supervised.pgd_at,
-                "advnet": advnet.advnet}
+                "advnet": advnet.advnet, "eat": eat.eat}
     if config.method not in builders:
         raise ConfigError(f"unknown method {config.method!r}; choose one of {sorted(builders)}")
     return builders[config.method](config, num_classes)

@@ -17,6 +17,7 @@ config.advnet.g_optimizer. h of Eq. 9 is config.advnet.fd_step, or eta_G / 10 wh
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -55,19 +56,32 @@ class AdvNetState:
     g: ClassifierState
 
 
-def advnet(config, num_classes: int) -> Method:
-    """The advnet Method for config (config.advnet holds its settings)."""
+def players(config, num_classes: int) -> tuple[game_lib.Game, _Supervised, nn.Module]:
+    """(the Game of Eq. 4, D's supervised pieces, G's module) for config.advnet."""
     a = config.advnet
     d = _Supervised(config, num_classes)
     d.tx = optim.make_optimizer(config.optimizer, -(-config.num_train_steps // a.d_every))
     generator = get_generator(a.generator, num_classes, a.generator_width)
-    g_tx = optim.make_optimizer(a.g_optimizer, config.num_train_steps * a.g_steps)
     low, high = d.bounds
     game = game_lib.Game(
         discriminator=game_lib.TrainMode(d.module), generator=game_lib.TrainMode(generator),
         eps=a.eps * (high - low), bounds=d.bounds, adv_weight=a.adv_weight, clip=a.clip,
     )
-    fd_step = a.fd_step or a.g_optimizer.learning_rate / 10
+    return game, d, generator
+
+
+def fd_step(advnet_config) -> float:
+    """h of Eq. 9: config.advnet.fd_step, or eta_G / 10 when 0 (the paper)."""
+    a = advnet_config
+    return a.fd_step or a.g_optimizer.learning_rate / 10
+
+
+def advnet(config, num_classes: int) -> Method:
+    """The advnet Method for config (config.advnet holds its settings)."""
+    a = config.advnet
+    game, d, generator = players(config, num_classes)
+    g_tx = optim.make_optimizer(a.g_optimizer, config.num_train_steps * a.g_steps)
+    h = fd_step(a)
     unroll = a.unroll or default_unroll(a.g_steps)
 
     def init(rng, sample_x) -> AdvNetState:
@@ -94,7 +108,7 @@ def advnet(config, num_classes: int) -> Method:
         def update_d(d_state: ClassifierState):
             grads, aux = game_lib.d_gradient(
                 game, d_state.params, phi, (d_state.batch_stats, g_stats), x, y, rng,
-                gradreg=a.gradreg, gamma=a.gamma, fd_step=fd_step,
+                gradreg=a.gradreg, gamma=a.gamma, fd_step=h,
             )
             updates, opt_state = d.tx.update(grads, d_state.opt_state, d_state.params)
             params = optax.apply_updates(d_state.params, updates)

@@ -26,7 +26,13 @@ import jax
 import jax.numpy as jnp
 
 from robustgan.errors import ConfigError
-from robustgan.models.layers import BatchNorm, ConvBNReLU, ResidualBlock, batch_stats_mode
+from robustgan.models.layers import (
+    BatchNorm,
+    ConvBNReLU,
+    ConvTranspose,
+    ResidualBlock,
+    batch_stats_mode,
+)
 
 
 def _check_size(x: jax.Array, name: str) -> None:
@@ -46,7 +52,7 @@ class DeconvBNReLU(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, use_batch_stats: bool) -> jax.Array:
         k = self.kernel_size
-        x = nn.ConvTranspose(self.features, (k, k), (2, 2), padding="SAME", use_bias=False)(x)
+        x = ConvTranspose(self.features, (k, k), (2, 2), use_bias=False)(x)
         return nn.relu(BatchNorm(use_running_average=not use_batch_stats)(x))
 
 
@@ -83,7 +89,7 @@ class G0(nn.Module):
         h = ConvBNReLU(k, 5, 2)(x, use)
         h = ConvBNReLU(2 * k, 5, 2)(h, use)
         h = DeconvBNReLU(k, 5)(h, use)
-        h = nn.ConvTranspose(x.shape[-1], (5, 5), (2, 2), padding="SAME")(h)
+        h = ConvTranspose(x.shape[-1], (5, 5), (2, 2))(h)
         return jnp.tanh(h)
 
 

@@ -12,6 +12,9 @@ from functools import partial
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
 
 from robustgan.errors import ConfigError
 
@@ -109,3 +112,58 @@ class ResNetTrunk(nn.Module):
             for i in range(blocks):
                 x = ResidualBlock(features, strides if i == 0 else 1)(x, use_batch_stats)
         return x.mean(axis=(1, 2))
+
+
+class ConvTranspose(nn.Module):
+    """`nn.ConvTranspose(features, (k, k), (s, s), padding="SAME")`, same parameters and
+    outputs, computed as one ordinary convolution to s*s*features channels followed by
+    a pixel shuffle (the sub-pixel form).
+
+    Why: XLA:CPU computes the kernel gradient of a transposed (input-dilated) convolution
+    with a slow generic loop: for G0's 7x7x128 -> 14x14x64 layer at batch 64 it took
+    263 ms against 15 ms for the forward pass. In the sub-pixel form every derivative is
+    an ordinary convolution. Output pixel s*i + p receives the kernel taps t with
+    (p + t - pad) divisible by s, from input pixel i + (p + t - pad) / s, where pad is
+    the low padding lax.conv_transpose uses for 'SAME'.
+    """
+
+    features: int
+    kernel_size: tuple[int, int]
+    strides: tuple[int, int]
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        (kh, kw), (sh, sw) = self.kernel_size, self.strides
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (kh, kw, x.shape[-1], self.features))
+        (rows, pad_h), (cols, pad_w) = _phase_taps(kh, sh), _phase_taps(kw, sw)
+        # phase_kernel[a, b, :, p, q, :]: the kernel of output phase (p, q) at window
+        # offset (a, b); tap -1 picks the zero row/column appended to the kernel.
+        padded = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))
+        phase_kernel = padded[rows.T[:, None, :, None], cols.T[None, :, None, :]]
+        phase_kernel = phase_kernel.transpose(0, 1, 4, 2, 3, 5)
+        y = lax.conv_general_dilated(
+            x, phase_kernel.reshape(*phase_kernel.shape[:3], -1), (1, 1), (pad_h, pad_w),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        n, h, w, _ = y.shape
+        y = y.reshape(n, h, w, sh, sw, self.features).transpose(0, 1, 3, 2, 4, 5)
+        y = y.reshape(n, h * sh, w * sw, self.features)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        return y
+
+
+def _phase_taps(k: int, s: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """For a 'SAME' transposed convolution of kernel size k and stride s along one axis:
+    taps[p, j] = the kernel tap that output phase p applies to input offset lo + j
+    (-1: none), and the (low, high) padding of the equivalent ordinary convolution."""
+    pad_len = k + s - 2
+    pad = k - 1 if s > k - 1 else -(-pad_len // 2)  # as lax.conv_transpose for 'SAME'
+    offsets = {(p, t): (p + t - pad) // s for p in range(s) for t in range(k)
+               if (p + t - pad) % s == 0}
+    lo, hi = min(offsets.values()), max(offsets.values())
+    taps = np.full((s, hi - lo + 1), -1)
+    for (p, t), offset in offsets.items():
+        taps[p, offset - lo] = t
+    return taps, (-lo, hi)
