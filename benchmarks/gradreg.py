@@ -27,7 +27,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5, help="D steps per mode per round")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--config", default="configs/mnist.py:advnet")
+    parser.add_argument("--config", default="configs/mnist.py:advnet",
+                        help="an advnet config on 28x28x1 images (MNIST, Fashion-MNIST)")
     args = parser.parse_args()
 
     config = configlib.load_config_file(args.config)

@@ -18,6 +18,7 @@ Writes gradreg_study.md / .json, gradreg_agreement.png and the outcome table
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -36,22 +37,25 @@ from robustgan.methods import advnet
 COST_MODES = ("none", "exact", "finite_difference")
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _exact_and_fd_terms(players: game.Game, theta, phi, stats, x, y, rng, h):
+    """The exact H v and the finite-difference term at step h, flattened (compiled once
+    per game and shapes, whatever the checkpoint or h)."""
+    def flat(gradreg):
+        _, term, _ = game.regularizer(players, theta, phi, stats, x, y, rng, gradreg=gradreg,
+                                      fd_step=h)
+        return ravel_pytree(term)[0]
+    return flat("exact"), flat("finite_difference")
+
+
 def regularizer_agreement(players: game.Game, state, x, y, rng, fd_steps) -> list[dict]:
     """Per h in fd_steps: cosine similarity and relative error ||fd - exact|| / ||exact|| of
     the finite-difference term against the exact H v at the (theta, phi) of an advnet state."""
     stats = (state.d.batch_stats, state.g.batch_stats)
-
-    @jax.jit
-    def terms(theta, phi, h):
-        def flat(gradreg):
-            _, term, _ = game.regularizer(players, theta, phi, stats, x, y, rng,
-                                          gradreg=gradreg, fd_step=h)
-            return ravel_pytree(term)[0]
-        return flat("exact"), flat("finite_difference")
-
     rows = []
     for h in fd_steps:
-        exact, fd = (np.asarray(t, np.float64) for t in terms(state.d.params, state.g.params, h))
+        exact, fd = (np.asarray(t, np.float64) for t in _exact_and_fd_terms(
+            players, state.d.params, state.g.params, stats, x, y, rng, h))
         norm = np.linalg.norm(exact) + 1e-30
         rows.append({
             "h": float(h),
@@ -78,10 +82,10 @@ def first_minibatch(run_dir: str):
     return config, jax.device_get(initial), data.scale(x, config.data.value_range), y
 
 
-def agreement_along_run(run_dir: str, fd_steps) -> dict[int, list[dict]]:
+def agreement_along_run(run_dir: str, probe, fd_steps) -> dict[int, list[dict]]:
     """{step: regularizer_agreement rows} at initialization and at every kept checkpoint
-    of the advnet run in run_dir, all on the run's first training minibatch."""
-    config, initial, x, y = first_minibatch(run_dir)
+    of the advnet run in run_dir, all on its first minibatch (probe: `first_minibatch`)."""
+    config, initial, x, y = probe
     players, _, _ = advnet.players(config, config.data.num_classes)
     ckpts = checkpoint.Checkpoints(os.path.join(run_dir, "checkpoints"), config.keep_checkpoints)
     try:
@@ -164,9 +168,10 @@ def run_study(config, workdir: str) -> dict:
                           f"the rows {row_names}")
     run_dirs = {name: os.path.join(workdir, run_names[name]) for name in row_names}
     print(f"[study] agreement along {run_dirs[study.agreement_row]}", flush=True)
-    agreement = agreement_along_run(run_dirs[study.agreement_row], study.fd_steps)
+    probe = first_minibatch(run_dirs[study.agreement_row])
+    agreement = agreement_along_run(run_dirs[study.agreement_row], probe, study.fd_steps)
     print("[study] cost per D step", flush=True)
-    probe_config, _, x, y = first_minibatch(run_dirs[study.agreement_row])
+    probe_config, _, x, y = probe
     cost = d_step_cost(probe_config, x, y, steps=study.cost_steps, rounds=study.cost_rounds)
     swings = {name: oscillation(os.path.join(path, "metrics.jsonl"))
               for name, path in run_dirs.items()}
