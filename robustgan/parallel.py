@@ -12,6 +12,7 @@ into one JAX device per core, so that the same mesh spreads a batch over the cor
 from __future__ import annotations
 
 import os
+import warnings
 
 import jax
 import numpy as np
@@ -57,6 +58,12 @@ def use_cpu_cores() -> int | None:
     try:
         jax.config.update("jax_num_cpu_devices", count)
     except RuntimeError:  # JAX already ran something: its device count is fixed now
+        if jax.default_backend() == "cpu" and jax.device_count() == 1:
+            warnings.warn(
+                f"robustgan was imported after JAX started, so the CPU stays one device and "
+                f"convolutions use one of the {count} cores; import robustgan before running "
+                f"any JAX operation (or set {CPU_DEVICES_ENV}=1 to silence this)",
+                stacklevel=3)
         return None
     return count
 
