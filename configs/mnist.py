@@ -12,6 +12,9 @@ eat needs --config.eat.sources (run directories of trained standard models).
 Arg 'table1' (with --mode table): Wang & Yu's Table 1 layout on the ',cpu' recipe; rows
 standard (A), PGD-AT (B), advnet (C) and EAT (on A's examples), surrogates A', B', C'
 (same method, seed 1).
+Arg 'table5' (with --mode table): Wang & Yu's Table 5 on MNIST: generators G1 (k=8, 64), G2
+and G3 trained against A for GENERATOR_ATTACK_STEPS minibatches, applied to A, A', B', C'
+(the paper's Table 5 is on CIFAR-10; its numbers are not comparable and are not printed).
 Arg 'gradreg_study' (with --mode table): advnet on the ',cpu' recipe trained with each
 gradreg mode, with A', B', C' as surrogates (shares its runs with 'table1' when given the
 same --workdir), plus the agreement and cost measurements (robustgan/gradreg_study.py).
@@ -27,8 +30,9 @@ PAPER_TABLE1 = {
     "advnet (C)": (99.32, 94.66, 87.09, 95.75, 96.19, 96.15, 95.24, 96.96, 95.78),
     "EAT": (98.65, 2.52, 0.00, 90.91, 93.91, 90.94, 88.12, 90.79, 89.61),
 }
-ADVNET_CPU_EPOCHS = 2
+ADVNET_CPU_EPOCHS = 1
 GRADREGS = ("none", "exact", "authors_code")
+GENERATOR_ATTACK_STEPS = 1000
 SURROGATES = [("A'", "standard,cpu", 1), ("B'", "pgd_at,cpu", 1), ("C'", "advnet,cpu", 1)]
 
 
@@ -39,6 +43,15 @@ def get_config(arg=None):
             rows=[("standard (A)", "standard,cpu", 0), ("PGD-AT (B)", "pgd_at,cpu", 0),
                   ("advnet (C)", "advnet,cpu", 0), ("EAT", "eat,cpu", 0)],
             surrogates=SURROGATES, paper=PAPER_TABLE1, eat_sources=("standard (A)",),
+        )
+    if arg == "table5":
+        return configlib.generator_attack_config(
+            "Wang & Yu Table 5 layout: generator attacks on MNIST, eps 0.3", __file__,
+            target=("A", "standard,cpu", 0), others=SURROGATES,
+            generators=[("autoencoder (8 filters)", "g1", 8),
+                        ("autoencoder (64 filters)", "g1", 64),
+                        ("random Gaussian", "g2", 0), ("label", "g3", 0)],
+            steps=GENERATOR_ATTACK_STEPS,
         )
     if arg == "gradreg_study":
         return configlib.gradreg_study_config(

@@ -168,7 +168,12 @@ def ascend_generator(game: Game, tx: optax.GradientTransformation, theta, phi, o
         return (optax.apply_updates(phi, updates), opt_state, aux.g_stats), aux.metrics[
             "adv_loss"]
 
+    carry = (phi, opt_state, g_stats)
+    if steps == 1:
+        # jax lowers a one-step scan to a while loop even when unrolled, and XLA:CPU runs
+        # convolutions inside a loop ~10x slower (G1 k=8, batch 64: 1.5 s vs 0.14 s).
+        (phi, opt_state, g_stats), adv_loss = step(carry, None)
+        return phi, opt_state, g_stats, adv_loss[None]
     (phi, opt_state, g_stats), adv_losses = lax.scan(
-        step, (phi, opt_state, g_stats), None, length=steps, unroll=unroll
-    )
+        step, carry, None, length=steps, unroll=unroll)
     return phi, opt_state, g_stats, adv_losses

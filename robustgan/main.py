@@ -3,7 +3,8 @@
 Modes: `train` (default: train, then evaluate), `eval` (evaluate the newest
 checkpoint in --workdir) and `table` (a table config such as configs/mnist.py:table1:
 train or reuse every run it names under --workdir, then write the table; a study config
-such as configs/mnist.py:gradreg_study adds its own measurements to its table).
+such as configs/mnist.py:gradreg_study adds its own measurements to its table, and
+configs/mnist.py:table5 lays out generator attacks).
 Override any config key with `--config.key=value`; unknown keys and bad values stop
 before data are loaded or anything is compiled.
 """
@@ -47,6 +48,10 @@ def run(config, workdir: str, mode: str) -> dict:
         from robustgan import gradreg_study
 
         return gradreg_study.run_study(config, workdir)
+    if "generator_attacks" in config:
+        from robustgan import generator_table
+
+        return generator_table.run_generator_table(config, workdir)
     if is_table:
         return table.run_table(config, workdir)
     configlib.validate(config)

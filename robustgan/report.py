@@ -15,9 +15,10 @@ def column_title(column: str) -> str:
     return COLUMN_TITLES.get(attack, attack) + paren + rest
 
 
-def markdown_table(rows: dict[str, dict[str, float]], columns: list[str]) -> str:
+def markdown_table(rows: dict[str, dict[str, float]], columns: list[str],
+                   row_label: str = "model") -> str:
     """Rows of accuracies (fractions) as a Markdown table in percent."""
-    header = "| model | " + " | ".join(column_title(c) for c in columns) + " |"
+    header = f"| {row_label} | " + " | ".join(column_title(c) for c in columns) + " |"
     rule = "|---|" + "---:|" * len(columns)
     lines = [header, rule]
     for name, values in rows.items():
@@ -26,12 +27,14 @@ def markdown_table(rows: dict[str, dict[str, float]], columns: list[str]) -> str
     return "\n".join(lines) + "\n"
 
 
-def results_table_markdown(title: str, results, columns, paper, notes: str) -> str:
+def results_table_markdown(title: str, results, columns, paper, notes: str,
+                           row_label: str = "model") -> str:
     """Our rows, then the paper's rows (percent, as printed) for the same columns."""
-    text = f"## {title}\n\n{notes}\n\nThis run:\n\n" + markdown_table(results, columns)
+    text = (f"## {title}\n\n{notes}\n\nThis run:\n\n"
+            + markdown_table(results, columns, row_label))
     if paper:
         rows = {name: {c: v / 100 for c, v in values.items()} for name, values in paper.items()}
-        text += "\nThe paper:\n\n" + markdown_table(rows, columns)
+        text += "\nThe paper:\n\n" + markdown_table(rows, columns, row_label)
     return text
 
 

@@ -55,9 +55,9 @@ def columns_for(eval_config, attacks: tuple[str, ...], surrogates) -> dict[str, 
     return cols
 
 
-def run_table(config, workdir: str, output: str = "table") -> dict:
-    """Trains or reuses every run of the table, evaluates, and writes the table as
-    workdir/<output>.md, .json, .png (and <output>_curves.png)."""
+def train_runs(config, workdir: str):
+    """Trains (or reuses, or resumes) every run config.table names, rows then surrogates,
+    each in workdir/<run_name>. Returns ({name: (run config, Classifier)}, the dataset)."""
     table = config.table
     os.makedirs(workdir, exist_ok=True)
     trained, run_dirs = {}, {}
@@ -67,6 +67,14 @@ def run_table(config, workdir: str, output: str = "table") -> dict:
         print(f"[table] {name}: {arg} seed {seed} in {run_dir}", flush=True)
         dataset, method, state = train.train(run_config, run_dir)
         trained[name] = (run_config, method.classifier(state))
+    return trained, dataset
+
+
+def run_table(config, workdir: str, output: str = "table") -> dict:
+    """Trains or reuses every run of the table, evaluates, and writes the table as
+    workdir/<output>.md, .json, .png (and <output>_curves.png)."""
+    table = config.table
+    trained, dataset = train_runs(config, workdir)
     first_config = trained[table.rows[0][0]][0]
     x, y = evaluate.eval_split(first_config, dataset)
     sources = {name: trained[name][1] for name, *_ in table.surrogates}

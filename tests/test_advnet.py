@@ -94,6 +94,12 @@ def test_paper_settings_for_advnet():
     g = cifar.advnet.g_optimizer
     assert (g.name, g.learning_rate, g.b1, g.weight_decay) == ("adam", 0.002, 0.5, 1e-5)
     assert cifar.optimizer.learning_rate == 0.1 and cifar.advnet.eps == pytest.approx(8 / 256)
+    # The CPU recipe keeps G0, eps and the regularizer; G on Adam with 10 steps, D every step.
+    cpu = load_config("mnist.py", "advnet,cpu")
+    g = cpu.advnet.g_optimizer
+    assert (g.name, g.learning_rate, g.b1) == ("adam", 0.002, 0.5)
+    assert (cpu.advnet.g_steps, cpu.advnet.d_every, cpu.advnet.generator) == (10, 1, "g0")
+    assert (cpu.advnet.gradreg, cpu.advnet.eps) == ("finite_difference", 0.3)
 
 
 @pytest.mark.parametrize("key,value,match", [

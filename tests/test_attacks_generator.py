@@ -56,3 +56,45 @@ def test_trained_generator_lowers_a_fixed_models_accuracy_within_eps():
     )
     assert results["clean"] == 1.0
     assert results["generator"] < 0.75, results  # about 0.5 from a class-blind push
+
+
+def test_generator_table_trains_attacks_on_the_target_and_transfers_them(tmp_path):
+    import json
+    import os
+    import textwrap
+
+    import pytest
+
+    from robustgan import config as configlib
+    from robustgan import main
+    from robustgan.errors import ConfigError
+
+    config_file = tmp_path / "tiny_cfg.py"
+    config_file.write_text(textwrap.dedent(f"""
+        import pathlib, sys
+        sys.path.insert(0, {os.path.dirname(__file__)!r})
+        from helpers import tiny_config
+        def get_config(arg):
+            return tiny_config(pathlib.Path({str(tmp_path)!r}), arg, steps=8)
+    """))
+    config = configlib.generator_attack_config(
+        "tiny table 5", str(config_file), target=("A", "standard", 0),
+        others=[("A'", "standard", 1)],
+        generators=[("label", "g3", 2)], steps=3)
+    with config.unlocked():
+        config.progress_bar = False
+    workdir = str(tmp_path / "t5")
+    results = main.run(config, workdir, "table")
+    assert list(results) == ["original accuracy", "label"]
+    for row in results.values():
+        assert set(row) == {"A", "A'"} and all(0 <= v <= 1 for v in row.values())
+    saved = json.load(open(os.path.join(workdir, "generator_attacks.json")))
+    assert saved["results"] == results and saved["columns"] == ["A", "A'"]
+    text = open(os.path.join(workdir, "generator_attacks.md")).read()
+    assert "| generator | A | A' |" in text and "| label |" in text
+    assert os.path.exists(os.path.join(workdir, "generator_attacks.png"))
+
+    with config.unlocked():
+        config.generator_attacks.generators = (("bad", "g9", 0),)
+    with pytest.raises(ConfigError, match="unknown generator 'g9'"):
+        main.run(config, workdir, "table")

@@ -17,7 +17,7 @@ import optax
 from flax import struct
 from jax import lax
 
-from robustgan import game, optim
+from robustgan import game, optim, parallel
 from robustgan.attacks import common
 from robustgan.classifier import Classifier
 from robustgan.config import base_config
@@ -60,13 +60,17 @@ def train_generator_attack(
     batch_size: int = 64,
     optimizer: optax.GradientTransformation | None = None,
     steps_per_batch: int = 1,
-    unroll: int = 1,
+    unroll: int = 0,
+    mesh=None,
 ) -> GeneratorAttack:
     """Trains `generator` (see models/generators.py) against the fixed `classifier` for
     `num_steps` minibatches of (x, y) (x scaled to classifier.bounds; drawn uniformly with
     replacement), `steps_per_batch` ascent steps each, and returns it as an attack.
 
     The default optimizer is Sec. 4.5's: SGD 0.01, momentum 0.9, weight decay 1e-5.
+    unroll: of the ascent-step scan; 0: common.default_unroll for this backend.
+    mesh: when given, each minibatch is split over its devices (parallel.make_mesh), as
+    training batches are.
     """
     if optimizer is None:
         optimizer = optim.make_optimizer(base_config().advnet.g_optimizer, num_steps)
@@ -84,6 +88,9 @@ def train_generator_attack(
     def step(classifier, phi, opt_state, stats, x, y, key):
         batch_rng, game_rng = jax.random.split(key)
         index = jax.random.randint(batch_rng, (batch_size,), 0, x.shape[0])
+        xb, yb = x[index], y[index]
+        if mesh is not None:
+            xb, yb = lax.with_sharding_constraint((xb, yb), parallel.batch_sharded(mesh))
         phi, opt_state, stats, _ = game.ascend_generator(
             players,
             optimizer,
@@ -91,11 +98,11 @@ def train_generator_attack(
             phi,
             opt_state,
             ({}, stats),
-            x[index],
-            y[index],
+            xb,
+            yb,
             game_rng,
             steps=steps_per_batch,
-            unroll=unroll,
+            unroll=unroll or common.default_unroll(steps_per_batch),
         )
         return phi, opt_state, stats
 
