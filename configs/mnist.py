@@ -32,7 +32,7 @@ PAPER_TABLE1 = {
 }
 ADVNET_CPU_EPOCHS = 1
 GRADREGS = ("none", "exact", "authors_code")
-GENERATOR_ATTACK_STEPS = 1000
+GENERATOR_ATTACK_STEPS = 500
 SURROGATES = [("A'", "standard,cpu", 1), ("B'", "pgd_at,cpu", 1), ("C'", "advnet,cpu", 1)]
 
 

@@ -42,7 +42,7 @@ def train_attacks(config, target_config, target, dataset, mesh) -> dict:
             target, get_generator(name, dataset.num_classes, width), x, y,
             jax.random.key(target_config.seed + 100 + i), eps=eps, num_steps=g.steps,
             batch_size=g.batch_size, optimizer=optim.make_optimizer(g.optimizer, g.steps),
-            mesh=mesh,
+            mesh=mesh, progress=config.progress_bar,
         )
     return attacks
 

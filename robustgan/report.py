@@ -199,8 +199,7 @@ def gradreg_study_markdown(results: dict) -> str:
     lines += ["", "### Outcome", "",
               "Accuracy (%) and the oscillation of the adversarial loss over the second half "
               "of training (mean |change| between log points; std):", "",
-              markdown_table(outcome, columns).rstrip("\n").replace(
-                  "| model |", "| gradreg |", 1)]
+              markdown_table(outcome, columns, "gradreg").rstrip("\n")]
     lines += ["", "| gradreg | adv-loss mean abs change | adv-loss std |", "|---|---:|---:|"]
     for name, swing in results["oscillation"].items():
         lines.append(f"| {name} | {swing['mean_abs_change']:.4f} | {swing['std']:.4f} |")

@@ -16,6 +16,7 @@ import jax
 import optax
 from flax import struct
 from jax import lax
+from tqdm import tqdm
 
 from robustgan import game, optim, parallel
 from robustgan.attacks import common
@@ -62,6 +63,7 @@ def train_generator_attack(
     steps_per_batch: int = 1,
     unroll: int = 0,
     mesh=None,
+    progress: bool = False,
 ) -> GeneratorAttack:
     """Trains `generator` (see models/generators.py) against the fixed `classifier` for
     `num_steps` minibatches of (x, y) (x scaled to classifier.bounds; drawn uniformly with
@@ -70,7 +72,7 @@ def train_generator_attack(
     The default optimizer is Sec. 4.5's: SGD 0.01, momentum 0.9, weight decay 1e-5.
     unroll: of the ascent-step scan; 0: common.default_unroll for this backend.
     mesh: when given, each minibatch is split over its devices (parallel.make_mesh), as
-    training batches are.
+    training batches are. progress: a progress bar over the steps.
     """
     if optimizer is None:
         optimizer = optim.make_optimizer(base_config().advnet.g_optimizer, num_steps)
@@ -107,7 +109,7 @@ def train_generator_attack(
         return phi, opt_state, stats
 
     opt_state = optimizer.init(phi)
-    for i in range(num_steps):
+    for i in tqdm(range(num_steps), disable=not progress, unit="step", desc="generator"):
         key = jax.random.fold_in(rng, i)
         phi, opt_state, stats = step(classifier, phi, opt_state, stats, x, y, key)
     variables = {"params": phi, "batch_stats": stats} if stats else {"params": phi}
