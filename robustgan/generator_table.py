@@ -48,7 +48,8 @@ def train_attacks(config, target_config, target, dataset, mesh) -> dict:
 
 
 def run_generator_table(config, workdir: str) -> dict:
-    """Trains or reuses the classifiers and the generator attacks; writes the table.
+    """Trains or reuses the classifiers, trains the generator attacks (kept in memory
+    only: a second call trains them again), writes the table.
     Returns {row (CLEAN_ROW or a generator label): {classifier name: accuracy}}."""
     rows = config.table.rows
     if len(rows) != 1:
@@ -59,10 +60,10 @@ def run_generator_table(config, workdir: str) -> dict:
         get_generator(name, 2, width)
     if g.steps < 1 or g.batch_size < 1:
         raise ConfigError("config.generator_attacks.steps and .batch_size must be at least 1")
-    trained, dataset = table.train_runs(config, workdir)
-    target_config, target = trained[rows[0][0]]
     mesh = parallel.make_mesh()
     parallel.check_batch_size(g.batch_size, mesh, "generator_attacks.batch_size")
+    trained, dataset = table.train_runs(config, workdir)
+    target_config, target = trained[rows[0][0]]
     attacks = train_attacks(config, target_config, target, dataset, mesh)
     x, y = evaluate.eval_split(target_config, dataset)
     cols = {CLEAN_ROW: evaluate.Column()} | {
