@@ -27,13 +27,18 @@ OUTPUT = "generator_attacks"
 CLEAN_ROW = "original accuracy"
 
 
+def attack_eps(config, target_config) -> float:
+    """G's eps in [0, 1] pixel units: config.generator_attacks.eps, else the target's."""
+    return config.generator_attacks.eps or target_config.eval.eps
+
+
 def train_attacks(config, target_config, target, dataset, mesh) -> dict:
     """{row label: GeneratorAttack} for config.generator_attacks.generators, each trained
     against the `target` Classifier on the training split with one key per generator."""
     g = config.generator_attacks
     x = jnp.asarray(data.scale(dataset.x_train, target_config.data.value_range))
     y = jnp.asarray(dataset.y_train)
-    eps = g.eps or target_config.eval.eps
+    eps = attack_eps(config, target_config)
     attacks = {}
     for i, (label, name, width) in enumerate(g.generators):
         print(f"[generator attacks] training {label} ({name}, k={width or 'default'}) "
@@ -80,7 +85,7 @@ def run_generator_table(config, workdir: str) -> dict:
     paper = {row: dict(zip(models, values, strict=False))
              for row, values in config.table.paper.items()}
     notes = (f"{target_config.data.name}, {len(y)} test images, eps "
-             f"{g.eps or target_config.eval.eps:g}. Each generator trained against "
+             f"{attack_eps(config, target_config):g}. Each generator trained against "
              f"{models[0]} for {g.steps} minibatches of {g.batch_size} "
              f"({g.optimizer.name} {g.optimizer.learning_rate:g}); the other columns apply "
              f"the same generator to other models (transfer). Cells: test accuracy.")
