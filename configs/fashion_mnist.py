@@ -1,20 +1,17 @@
-"""Fashion-MNIST with the MNIST setting (D1, [-1, 1]) at eps 0.1, the usual
+"""Fashion-MNIST with Wang & Yu's MNIST setting (D1, [-1, 1]) at eps 0.1, the usual
 Fashion-MNIST radius (no paper here reports it; these runs are our baseline).
 
-Arg: 'standard', 'pgd_at' or 'advnet', optionally ',cpu' (see configs/mnist.py).
+Arg: 'standard', 'pgd_at', 'advnet' or 'eat', optionally ',cpu' and an advnet gradreg
+mode, as in configs/mnist.py (here pgd_at's ',cpu' recipe is 2 epochs).
+Arg 'table1' (with --mode table): Wang & Yu's Table 1 layout on the ',cpu' recipes (rows
+standard (A), PGD-AT (B), advnet (C), EAT; surrogates A', B', C', seed 1).
 """
 
 from robustgan import config as configlib
 
 
 def get_config(arg=None):
-    c = configlib.paper_classifier_config(
-        arg, name="fashion_mnist", model="d1", eps=0.1, value_range=(-1.0, 1.0),
-        learning_rate=0.01, weight_decay=1e-4, num_train_steps=200_000, known_options=("cpu",),
-    )
-    if c.method == "advnet":  # MNIST's advnet setting (Wang & Yu Sec. 4.1)
-        configlib.apply_advnet_paper(c, generator="g0", weight_decay=1e-5, d_every=5)
-    if "cpu" in c.options:
-        configlib.apply_cpu_recipe(c, epochs=2, train_size=60_000)
-    c.lock()
-    return c
+    if arg == "table1":
+        return configlib.wang_yu_table1_config(
+            "Wang & Yu Table 1 layout: Fashion-MNIST, eps 0.1", __file__)
+    return configlib.wang_yu_mnist_config(arg, name="fashion_mnist", eps=0.1, pgd_at_epochs=2)

@@ -4,9 +4,9 @@ Arg: 'standard', 'pgd_at', 'advnet' or 'eat', optionally ',cpu'; advnet also tak
 gradreg mode as an option (',none', ',exact', ',authors_code'; default finite_difference,
 Eq. 9). The default is the paper's schedule (SGD 0.01 momentum 0.9, wd 1e-4, batch 64,
 200k steps, lr / 10 at 100k; advnet: 5 G updates per D update, wd 1e-5: GPU work).
-',cpu' is the recipe that fits a CPU budget: Adam 1e-3, cosine decay, D1 without BN;
-standard and eat 2 epochs, pgd_at 3 epochs with eps ramped over the first, advnet
-ADVNET_CPU_EPOCHS epochs with a D update every iteration (config.apply_advnet_cpu_recipe).
+',cpu' is the recipe that fits a CPU budget (config.wang_yu_mnist_config): Adam 1e-3,
+cosine decay, D1 without BN; standard and eat 2 epochs, pgd_at 3 epochs with eps ramped
+over the first, advnet 1 epoch with a D update every iteration.
 eat needs --config.eat.sources (run directories of trained standard models).
 
 Arg 'table1' (with --mode table): Wang & Yu's Table 1 layout on the ',cpu' recipe; rows
@@ -30,20 +30,14 @@ PAPER_TABLE1 = {
     "advnet (C)": (99.32, 94.66, 87.09, 95.75, 96.19, 96.15, 95.24, 96.96, 95.78),
     "EAT": (98.65, 2.52, 0.00, 90.91, 93.91, 90.94, 88.12, 90.79, 89.61),
 }
-ADVNET_CPU_EPOCHS = 1
-GRADREGS = ("none", "exact", "authors_code")
 GENERATOR_ATTACK_STEPS = 500
-SURROGATES = [("A'", "standard,cpu", 1), ("B'", "pgd_at,cpu", 1), ("C'", "advnet,cpu", 1)]
+SURROGATES = configlib.TABLE1_SURROGATES
 
 
 def get_config(arg=None):
     if arg == "table1":
-        return configlib.table_config(
-            "Wang & Yu Table 1 layout: MNIST, eps 0.3", __file__,
-            rows=[("standard (A)", "standard,cpu", 0), ("PGD-AT (B)", "pgd_at,cpu", 0),
-                  ("advnet (C)", "advnet,cpu", 0), ("EAT", "eat,cpu", 0)],
-            surrogates=SURROGATES, paper=PAPER_TABLE1, eat_sources=("standard (A)",),
-        )
+        return configlib.wang_yu_table1_config(
+            "Wang & Yu Table 1 layout: MNIST, eps 0.3", __file__, paper=PAPER_TABLE1)
     if arg == "table5":
         return configlib.generator_attack_config(
             "Wang & Yu Table 5 layout: generator attacks on MNIST, eps 0.3", __file__,
@@ -60,21 +54,4 @@ def get_config(arg=None):
                   ("none", "advnet,cpu,none", 0)],
             surrogates=SURROGATES, agreement_row="finite_difference",
         )
-    c = configlib.paper_classifier_config(
-        arg, name="mnist", model="d1", eps=0.3, value_range=(-1.0, 1.0),
-        learning_rate=0.01, weight_decay=1e-4, num_train_steps=200_000,
-        known_options=("cpu", *GRADREGS),
-    )
-    if c.method == "advnet":  # Sec. 4.1: G0; 5 G updates per D update; wd 1e-5 for D and G
-        configlib.apply_advnet_paper(c, generator="g0", weight_decay=1e-5, d_every=5)
-        c.advnet.gradreg = next((g for g in GRADREGS if g in c.options), "finite_difference")
-    elif set(GRADREGS) & set(c.options):
-        raise configlib.ConfigError(f"the gradreg options {GRADREGS} are for advnet")
-    if "cpu" in c.options:
-        if c.method == "advnet":
-            configlib.apply_advnet_cpu_recipe(c, epochs=ADVNET_CPU_EPOCHS, train_size=60_000)
-        else:
-            configlib.apply_cpu_recipe(c, epochs=3 if c.method == "pgd_at" else 2,
-                                       train_size=60_000)
-    c.lock()
-    return c
+    return configlib.wang_yu_mnist_config(arg, name="mnist", eps=0.3, pgd_at_epochs=3)

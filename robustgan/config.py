@@ -375,6 +375,50 @@ def apply_advnet_cpu_recipe(c: ml_collections.ConfigDict, *, epochs: float,
     c.log_every = 20
 
 
+GRADREG_OPTIONS = ("none", "exact", "authors_code")  # advnet's config-arg options
+# Wang & Yu's Table 1 surrogates: the same method trained with seed 1.
+TABLE1_SURROGATES = (("A'", "standard,cpu", 1), ("B'", "pgd_at,cpu", 1), ("C'", "advnet,cpu", 1))
+
+
+def wang_yu_mnist_config(arg, *, name: str, eps: float, pgd_at_epochs: float,
+                         advnet_epochs: float = 1) -> ml_collections.ConfigDict:
+    """Wang & Yu's MNIST setting (Sec. 4.1) for a 60,000-image 28x28 grayscale set: D1 on
+    inputs in [-1, 1], the paper's classifier schedule (200k steps), advnet with G0, 5 G
+    updates per D update and wd 1e-5. The arg's options: ',cpu' switches to the CPU
+    recipes (`apply_cpu_recipe`: standard and eat 2 epochs, pgd_at `pgd_at_epochs`;
+    `apply_advnet_cpu_recipe`: advnet `advnet_epochs`); an advnet arg may name its gradreg
+    mode (GRADREG_OPTIONS; default finite_difference, Eq. 9). Returns the config locked."""
+    c = paper_classifier_config(
+        arg, name=name, model="d1", eps=eps, value_range=(-1.0, 1.0), learning_rate=0.01,
+        weight_decay=1e-4, num_train_steps=200_000, known_options=("cpu", *GRADREG_OPTIONS),
+    )
+    gradregs = [g for g in GRADREG_OPTIONS if g in c.options.split(",")]
+    if c.method == "advnet":
+        apply_advnet_paper(c, generator="g0", weight_decay=1e-5, d_every=5)
+        c.advnet.gradreg = gradregs[0] if gradregs else "finite_difference"
+    elif gradregs:
+        raise ConfigError(f"the gradreg options {GRADREG_OPTIONS} are for advnet")
+    if "cpu" in c.options:
+        if c.method == "advnet":
+            apply_advnet_cpu_recipe(c, epochs=advnet_epochs, train_size=60_000)
+        else:
+            apply_cpu_recipe(c, epochs=pgd_at_epochs if c.method == "pgd_at" else 2,
+                             train_size=60_000)
+    c.lock()
+    return c
+
+
+def wang_yu_table1_config(title: str, config_file: str, *, paper=None) -> ml_collections.ConfigDict:
+    """Wang & Yu's Table 1 layout on `config_file`'s ',cpu' recipes: rows standard (A),
+    PGD-AT (B), advnet (C) and EAT (on A's examples), surrogates TABLE1_SURROGATES."""
+    return table_config(
+        title, config_file,
+        rows=[("standard (A)", "standard,cpu", 0), ("PGD-AT (B)", "pgd_at,cpu", 0),
+              ("advnet (C)", "advnet,cpu", 0), ("EAT", "eat,cpu", 0)],
+        surrogates=TABLE1_SURROGATES, paper=paper, eat_sources=("standard (A)",),
+    )
+
+
 def gradreg_study_config(title: str, config_file: str, *, rows, surrogates,
                          agreement_row: str) -> ml_collections.ConfigDict:
     """The exact-vs-finite-difference study (robustgan/gradreg_study.py): a table of advnet

@@ -85,3 +85,19 @@ def test_unknown_override_key_is_named_before_parsing():
     with pytest.raises(ConfigError, match=r"config.train_attack has no key 'epz'.*'eps'"):
         configlib.check_overrides(argv)
     configlib.check_overrides(["prog", "--config", path, "--config.eval.eps=0.2"])
+
+
+@pytest.mark.parametrize(
+    "file,arg",
+    [("mnist.py", "table1"), ("mnist.py", "table5"), ("mnist.py", "gradreg_study"),
+     ("fashion_mnist.py", "table1")],
+)
+def test_every_table_run_is_a_valid_config_of_its_file(file, arg):
+    table = _load(CONFIG_FILES[[os.path.basename(p) for p in CONFIG_FILES].index(file)], arg)
+    for _, run_arg, _ in (*table.table.rows, *table.table.surrogates):
+        c = _load(table.table.config_file, run_arg)
+        if c.method == "eat":
+            c = c.copy_and_resolve_references()
+            c.eat.sources = ("runs/standard",)
+        configlib.validate(c)
+        assert "cpu" in c.options.split(",")
