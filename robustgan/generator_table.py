@@ -12,7 +12,6 @@ column per classifier.
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -91,15 +90,10 @@ def run_generator_table(config, workdir: str) -> dict:
              f"the same generator to other models (transfer). Cells: test accuracy.")
     markdown = report.results_table_markdown(config.table.title, results, models, paper,
                                              notes, row_label="generator")
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, f"{OUTPUT}.json"), "w") as f:
-            json.dump({"title": config.table.title, "columns": models, "results": results,
-                       "paper": paper, "notes": notes,
-                       "runs": {n: table.run_name(c) for n, (c, _) in trained.items()}},
-                      f, indent=2)
-        with open(os.path.join(workdir, f"{OUTPUT}.md"), "w") as f:
-            f.write(markdown)
-        report.table_figure(config.table.title, results, models,
-                            os.path.join(workdir, f"{OUTPUT}.png"))
-    print(markdown, flush=True)
+    report.save_outputs(
+        workdir, OUTPUT, markdown,
+        {"title": config.table.title, "columns": models, "results": results, "paper": paper,
+         "notes": notes, "runs": {n: table.run_name(c) for n, (c, _) in trained.items()}},
+        lambda: report.table_figure(config.table.title, results, models,
+                                    os.path.join(workdir, f"{OUTPUT}.png")))
     return results

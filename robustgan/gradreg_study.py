@@ -181,11 +181,7 @@ def run_study(config, workdir: str) -> dict:
                "oscillation": swings, "device": device,
                "agreement_run": run_names[study.agreement_row]}
     markdown = report.gradreg_study_markdown(results)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "gradreg_study.json"), "w") as f:
-            json.dump(results, f, indent=2)
-        with open(os.path.join(workdir, "gradreg_study.md"), "w") as f:
-            f.write(markdown)
-        report.plot_agreement(agreement, os.path.join(workdir, "gradreg_agreement.png"))
-    print(markdown, flush=True)
+    report.save_outputs(
+        workdir, "gradreg_study", markdown, results,
+        lambda: report.plot_agreement(agreement, os.path.join(workdir, "gradreg_agreement.png")))
     return results

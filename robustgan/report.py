@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+import jax
 
 COLUMN_TITLES = {"clean": "No noise", "fgsm": "FGS", "pgd": "PGD", "min": "Min"}
 
@@ -64,6 +66,21 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_outputs(workdir: str, output: str, markdown: str, record: dict,
+                 draw: Callable[[], None] | None = None) -> None:
+    """workdir/<output>.md and .json and the figures `draw()` makes, written by process 0
+    only (every process of a multi-host run computes the same results); then prints
+    the Markdown."""
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, f"{output}.md"), "w") as f:
+            f.write(markdown)
+        with open(os.path.join(workdir, f"{output}.json"), "w") as f:
+            json.dump(record, f, indent=2)
+        if draw is not None:
+            draw()
+    print(markdown, flush=True)
 
 
 def write_results(workdir: str, name: str, results: dict[str, float], context: dict,

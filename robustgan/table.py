@@ -8,7 +8,6 @@ resumes), evaluates, and writes DIR/table.{md,json,png}.
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -110,18 +109,19 @@ def run_table(config, workdir: str, output: str = "table") -> dict:
     markdown = report.results_table_markdown(table.title, results, columns, paper, notes)
     if measures:
         markdown += "\n" + report.measures_markdown(measures)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, f"{output}.md"), "w") as f:
-            f.write(markdown)
-        with open(os.path.join(workdir, f"{output}.json"), "w") as f:
-            json.dump({"title": table.title, "columns": columns, "results": results,
-                       "paper": paper, "notes": notes, "measures": measures,
-                       "runs": {n: run_name(c) for n, (c, _) in trained.items()}}, f, indent=2)
+
+    def draw():
         report.table_figure(table.title, results, columns, os.path.join(workdir, f"{output}.png"))
         if measures:
             report.plot_curves(
                 {n: (m["pgd_curve"]["eps"], m["pgd_curve"]["accuracy"])
                  for n, m in measures.items()},
                 os.path.join(workdir, f"{output}_curves.png"), title=f"{table.title}: PGD")
-    print(markdown, flush=True)
+
+    report.save_outputs(
+        workdir, output, markdown,
+        {"title": table.title, "columns": columns, "results": results, "paper": paper,
+         "notes": notes, "measures": measures,
+         "runs": {n: run_name(c) for n, (c, _) in trained.items()}},
+        draw)
     return results
