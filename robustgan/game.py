@@ -124,7 +124,11 @@ def regularizer(game: Game, theta, phi, stats, x, y, rng, *, gradreg: str, fd_st
 
       none: not at all (the term is None);
       exact: forward-over-reverse, the jvp of phi -> grad_theta F(theta, phi) along v
-        (no Hessian is formed);
+        (no Hessian is formed). `jax.linearize` of phi -> (grad_theta F, grad_phi F)
+        gives grad_theta F and v from one backward pass and the jvp at v after it (the
+        unused H_phi_phi v is dead code to XLA); a separate pass for v followed by
+        `jax.jvp` cost 1.69x the finite difference per D step over 2 sharded CPU
+        devices, this 1.29x (benchmarks/RESULTS.md);
       finite_difference: Eq. 9, [grad_theta F(theta, phi + h v) - grad_theta F(theta, phi)] / h
         with h = fd_step (the paper: eta_G / 10);
       authors_code: the same difference with the opposite sign, ~ -H v, which is what the
@@ -137,8 +141,9 @@ def regularizer(game: Game, theta, phi, stats, x, y, rng, *, gradreg: str, fd_st
         grad, aux = grad_theta(theta, phi)
         return grad, None, aux
     if gradreg == "exact":
-        v, _ = jax.grad(f, argnums=1, has_aux=True)(theta, phi)
-        (grad, aux), (term, _) = jax.jvp(functools.partial(grad_theta, theta), (phi,), (v,))
+        both = functools.partial(jax.grad(f, argnums=(0, 1), has_aux=True), theta)
+        (grad, v), along, aux = jax.linearize(both, phi, has_aux=True)
+        term, _ = along(v)
     elif gradreg in ("finite_difference", "authors_code"):
         (grad, v), aux = jax.grad(f, argnums=(0, 1), has_aux=True)(theta, phi)
         shifted, _ = grad_theta(theta, jax.tree.map(lambda p, d: p + fd_step * d, phi, v))
