@@ -9,7 +9,8 @@ training.
 The modes run interleaved, round by round, in one process so that load on the machine
 hits them alike (gradreg_study.d_step_cost); prints each mode's median time per step and
 the ratios. The paper chose the finite difference because double back-propagation was
-slower in TensorFlow; `exact` here is forward-over-reverse (jax.jvp of the gradient).
+slower in TensorFlow; `exact` here is forward-over-reverse (`jax.linearize` of the
+gradients in phi, applied to v = grad_phi F).
 """
 
 from __future__ import annotations
