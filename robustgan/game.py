@@ -126,9 +126,9 @@ def regularizer(game: Game, theta, phi, stats, x, y, rng, *, gradreg: str, fd_st
       exact: forward-over-reverse, the jvp of phi -> grad_theta F(theta, phi) along v
         (no Hessian is formed). `jax.linearize` of phi -> (grad_theta F, grad_phi F)
         gives grad_theta F and v from one backward pass and the jvp at v after it (the
-        unused H_phi_phi v is dead code to XLA); a separate pass for v followed by
-        `jax.jvp` cost 1.69x the finite difference per D step over 2 sharded CPU
-        devices, this 1.29x (benchmarks/RESULTS.md);
+        unused H_phi_phi v is dead code to XLA); over 2 sharded CPU devices a separate
+        pass for v followed by `jax.jvp` took 1.78x the finite difference's time, this
+        1.41x (1.06-1.19x per D step; benchmarks/RESULTS.md);
       finite_difference: Eq. 9, [grad_theta F(theta, phi + h v) - grad_theta F(theta, phi)] / h
         with h = fd_step (the paper: eta_G / 10);
       authors_code: the same difference with the opposite sign, ~ -H v, which is what the
