@@ -141,7 +141,7 @@ def plot_curves(
     if curves:
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    fig.savefig(path, format="png", bbox_inches="tight")  # long titles stay whole
 
 
 def training_curves(metrics_path: str, png_path: str) -> None:
