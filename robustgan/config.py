@@ -375,7 +375,6 @@ def apply_advnet_cpu_recipe(c: ml_collections.ConfigDict, *, epochs: float,
     c.log_every = 20
 
 
-GRADREG_OPTIONS = ("none", "exact", "authors_code")  # advnet's config-arg options
 # Wang & Yu's Table 1 surrogates: the same method trained with seed 1.
 TABLE1_SURROGATES = (("A'", "standard,cpu", 1), ("B'", "pgd_at,cpu", 1), ("C'", "advnet,cpu", 1))
 
@@ -386,19 +385,25 @@ def wang_yu_mnist_config(arg, *, name: str, eps: float, pgd_at_epochs: float,
     inputs in [-1, 1], the paper's classifier schedule (200k steps), advnet with G0, 5 G
     updates per D update and wd 1e-5. The arg's options: ',cpu' switches to the CPU
     recipes (`apply_cpu_recipe`: standard and eat 2 epochs, pgd_at `pgd_at_epochs`;
-    `apply_advnet_cpu_recipe`: advnet `advnet_epochs`); an advnet arg may name its gradreg
-    mode (GRADREG_OPTIONS; default finite_difference, Eq. 9). Returns the config locked."""
+    `apply_advnet_cpu_recipe`: advnet `advnet_epochs`); an advnet arg may name one gradreg
+    mode other than the default finite_difference (Eq. 9). Returns the config locked."""
+    from robustgan.game import GRADREGS
+
+    gradreg_options = tuple(g for g in GRADREGS if g != "finite_difference")
     c = paper_classifier_config(
         arg, name=name, model="d1", eps=eps, value_range=(-1.0, 1.0), learning_rate=0.01,
-        weight_decay=1e-4, num_train_steps=200_000, known_options=("cpu", *GRADREG_OPTIONS),
+        weight_decay=1e-4, num_train_steps=200_000, known_options=("cpu", *gradreg_options),
     )
-    gradregs = [g for g in GRADREG_OPTIONS if g in c.options.split(",")]
+    options = set(c.options.split(","))
+    gradregs = sorted(options & set(gradreg_options))
+    if gradregs and c.method != "advnet":
+        raise ConfigError(f"the gradreg options {gradreg_options} are for advnet")
+    if len(gradregs) > 1:
+        raise ConfigError(f"the config argument names gradreg modes {gradregs}: name one")
     if c.method == "advnet":
         apply_advnet_paper(c, generator="g0", weight_decay=1e-5, d_every=5)
         c.advnet.gradreg = gradregs[0] if gradregs else "finite_difference"
-    elif gradregs:
-        raise ConfigError(f"the gradreg options {GRADREG_OPTIONS} are for advnet")
-    if "cpu" in c.options:
+    if "cpu" in options:
         if c.method == "advnet":
             apply_advnet_cpu_recipe(c, epochs=advnet_epochs, train_size=60_000)
         else:

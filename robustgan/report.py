@@ -69,7 +69,7 @@ def _pyplot():
 
 
 def save_outputs(workdir: str, output: str, markdown: str, record: dict,
-                 draw: Callable[[], None] | None = None) -> None:
+                 draw: Callable[[], None]) -> None:
     """workdir/<output>.md and .json and the figures `draw()` makes, written by process 0
     only (every process of a multi-host run computes the same results); then prints
     the Markdown."""
@@ -78,8 +78,7 @@ def save_outputs(workdir: str, output: str, markdown: str, record: dict,
             f.write(markdown)
         with open(os.path.join(workdir, f"{output}.json"), "w") as f:
             json.dump(record, f, indent=2)
-        if draw is not None:
-            draw()
+        draw()
     print(markdown, flush=True)
 
 

@@ -101,3 +101,11 @@ def test_every_table_run_is_a_valid_config_of_its_file(file, arg):
             c.eat.sources = ("runs/standard",)
         configlib.validate(c)
         assert "cpu" in c.options.split(",")
+
+
+def test_two_gradreg_modes_in_one_argument_are_refused():
+    path = CONFIG_FILES[[os.path.basename(p) for p in CONFIG_FILES].index("mnist.py")]
+    with pytest.raises(ConfigError, match=r"gradreg modes \['exact', 'none'\]: name one"):
+        _load(path, "advnet,cpu,exact,none")
+    with pytest.raises(ConfigError, match="are for advnet"):
+        _load(path, "standard,exact")
