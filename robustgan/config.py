@@ -351,8 +351,8 @@ def table_config(title: str, config_file: str, *, rows, surrogates, attacks=("fg
     return c
 
 
-def apply_advnet_cpu_recipe(c: ml_collections.ConfigDict, *, epochs: float,
-                            train_size: int) -> None:
+def apply_advnet_cpu_recipe(c: ml_collections.ConfigDict, *, train_size: int,
+                            epochs: float = 1.8) -> None:
     """advnet on a CPU budget: D on `apply_cpu_recipe` (Adam, cosine, D1 without BN); G
     trained by Adam 0.002, beta1 0.5 (the paper's CIFAR G optimizer) with 10 ascent steps
     per G update, and a D update every iteration (d_every=1).
@@ -371,9 +371,10 @@ def apply_advnet_cpu_recipe(c: ml_collections.ConfigDict, *, epochs: float,
     MNIST's black background), which pass it no gradient; unclipped, G learns PGD's
     pattern (brighten the background, dim the strokes) and PGD-10 after 400 iterations
     rose from 37.6% to 48.4% (53.0% after 800); a straight-through clip gave 37.6%. As it
-    still rose with iterations, MNIST's recipe takes 1.8 epochs (52 minutes on one core of
-    this 2-core machine, the most that fits the hour per model); on the full test set that
-    run stood at 53.9% after a quarter of it and ended at 56.7% (README, Results).
+    still rose with iterations, the recipe takes 1.8 epochs by default (on MNIST 52 minutes
+    on one core of this 2-core machine, the most that fits the hour per model); on the full
+    test set that run stood at 53.9% after a quarter of it and ended at 56.7% (README,
+    Results).
     Keeps a checkpoint every half epoch for the gradreg study's agreement probes."""
     apply_cpu_recipe(c, epochs=epochs, train_size=train_size)
     c.advnet.clip = False
@@ -390,13 +391,13 @@ def apply_advnet_cpu_recipe(c: ml_collections.ConfigDict, *, epochs: float,
 TABLE1_SURROGATES = (("A'", "standard,cpu", 1), ("B'", "pgd_at,cpu", 1), ("C'", "advnet,cpu", 1))
 
 
-def wang_yu_mnist_config(arg, *, name: str, eps: float, pgd_at_epochs: float,
-                         advnet_epochs: float = 1.8) -> ml_collections.ConfigDict:
+def wang_yu_mnist_config(arg, *, name: str, eps: float,
+                         pgd_at_epochs: float) -> ml_collections.ConfigDict:
     """Wang & Yu's MNIST setting (Sec. 4.1) for a 60,000-image 28x28 grayscale set: D1 on
     inputs in [-1, 1], the paper's classifier schedule (200k steps), advnet with G0, 5 G
     updates per D update and wd 1e-5. The arg's options: ',cpu' switches to the CPU
     recipes (`apply_cpu_recipe`: standard and eat 2 epochs, pgd_at `pgd_at_epochs`;
-    `apply_advnet_cpu_recipe`: advnet `advnet_epochs`); an advnet arg may name one gradreg
+    `apply_advnet_cpu_recipe` for advnet); an advnet arg may name one gradreg
     mode other than the default finite_difference (Eq. 9). Returns the config locked."""
     from robustgan.game import GRADREGS
 
@@ -416,7 +417,7 @@ def wang_yu_mnist_config(arg, *, name: str, eps: float, pgd_at_epochs: float,
         c.advnet.gradreg = gradregs[0] if gradregs else "finite_difference"
     if "cpu" in options:
         if c.method == "advnet":
-            apply_advnet_cpu_recipe(c, epochs=advnet_epochs, train_size=60_000)
+            apply_advnet_cpu_recipe(c, train_size=60_000)
         else:
             apply_cpu_recipe(c, epochs=pgd_at_epochs if c.method == "pgd_at" else 2,
                              train_size=60_000)
