@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 
 
@@ -23,6 +24,12 @@ def learning_rate_schedule(opt_config, num_steps: int) -> optax.Schedule:
         warmup = optax.linear_schedule(0.0, lr, opt_config.warmup_steps)
         schedule = optax.join_schedules([warmup, schedule], [opt_config.warmup_steps])
     return schedule
+
+
+def linear_ramp(step, ramp_steps: int):
+    """Grows linearly from 1 / ramp_steps at step 0 to 1 at step ramp_steps - 1, then stays
+    at 1; 1 throughout when ramp_steps is 0. The factor an eps ramp multiplies eps by."""
+    return jnp.minimum(1.0, (step + 1) / ramp_steps) if ramp_steps else 1.0
 
 
 def _kernels_only(params):

@@ -65,6 +65,22 @@ def test_exact_regularizer_with_the_noise_generator_trains(tmp_path):
     train_and_check(tmp_path, "exact", "g2")  # the other modes: test_advnet_modes.py
 
 
+def test_eps_ramp_scales_the_perturbation_the_game_uses(tmp_path):
+    """At iteration 0 of a 10^6-step ramp G's eps is 3e-7: the adversarial images are the
+    clean ones, so F's two losses agree; without a ramp they do not."""
+    x = jax.random.uniform(jax.random.key(1), (8, 28, 28, 1), minval=-1.0, maxval=1.0)
+    y = jnp.arange(8) % 10
+    for ramp, eps in ((10**6, 0.3e-6), (0, 0.3)):
+        config = advnet_config(tmp_path, **{"advnet.eps_ramp_steps": ramp,
+                                            "advnet.g_steps": 1, "model.name": "lenet5"})
+        method = advnet.advnet(config, 10)
+        state = method.init(jax.random.key(0), x)
+        _, metrics = jax.jit(method.train_step)(state, x, y, jax.random.key(2))
+        np.testing.assert_allclose(metrics["eps"], eps, rtol=1e-5)
+        gap = abs(float(metrics["adv_loss"] - metrics["clean_loss"]))
+        assert gap < 1e-4 if ramp else gap > 1e-3, (ramp, gap)
+
+
 def load_config(name, arg):
     spec = importlib.util.spec_from_file_location("cfg", os.path.join(CONFIGS, name))
     module = importlib.util.module_from_spec(spec)
@@ -94,12 +110,15 @@ def test_paper_settings_for_advnet():
     g = cifar.advnet.g_optimizer
     assert (g.name, g.learning_rate, g.b1, g.weight_decay) == ("adam", 0.002, 0.5, 1e-5)
     assert cifar.optimizer.learning_rate == 0.1 and cifar.advnet.eps == pytest.approx(8 / 256)
-    # The CPU recipe keeps G0, eps and the regularizer; G on Adam with 10 steps, D every step.
+    # The CPU recipe keeps G0, eps and the regularizer; G on Adam with 20 steps, D every
+    # step, lambda 2, unclipped, eps ramped over the first eighth of an epoch.
     cpu = load_config("mnist.py", "advnet,cpu")
     g = cpu.advnet.g_optimizer
     assert (g.name, g.learning_rate, g.b1) == ("adam", 0.002, 0.5)
-    assert (cpu.advnet.g_steps, cpu.advnet.d_every, cpu.advnet.generator) == (10, 1, "g0")
+    assert (cpu.advnet.g_steps, cpu.advnet.d_every, cpu.advnet.generator) == (20, 1, "g0")
     assert (cpu.advnet.gradreg, cpu.advnet.eps) == ("finite_difference", 0.3)
+    assert (cpu.advnet.adv_weight, cpu.advnet.clip) == (2.0, False)
+    assert cpu.advnet.eps_ramp_steps == 60_000 // 64 // 8
 
 
 @pytest.mark.parametrize("key,value,match", [
@@ -109,6 +128,7 @@ def test_paper_settings_for_advnet():
     ("advnet.gamma", -0.01, "advnet.gamma=-0.01 must be >= 0"),
     ("advnet.fd_step", -1.0, "advnet.fd_step=-1.0 must be >= 0"),
     ("advnet.generator_width", -2, "advnet.generator_width=-2 must be >= 0"),
+    ("advnet.eps_ramp_steps", -1, "advnet.eps_ramp_steps=-1 must be >= 0"),
     ("advnet.g_steps", 0, "advnet.g_steps=0 must be at least 1"),
     ("advnet.d_every", 0, "advnet.d_every=0 must be at least 1"),
     ("advnet.g_optimizer.name", "rmsprop", "advnet.g_optimizer.name='rmsprop' is not valid"),

@@ -13,9 +13,13 @@ the dropout masks for all of its G steps and its D step.
 Optimizers: D's is config.optimizer, its schedule counted in D updates (so a decay at half
 of training happens at half of the iterations for any d_every); G's is
 config.advnet.g_optimizer. h of Eq. 9 is config.advnet.fd_step, or eta_G / 10 when 0.
+An optional linear ramp of G's eps over the first config.advnet.eps_ramp_steps iterations
+(not in the paper) keeps a CPU-recipe D from collapsing to a constant classifier.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import flax.linen as nn
 import jax
@@ -98,8 +102,10 @@ def advnet(config, num_classes: int) -> Method:
         return AdvNetState(step=jnp.zeros((), jnp.int32), d=d.init(d_rng, sample_x), g=g)
 
     def train_step(state: AdvNetState, x, y, rng):
+        scale = optim.linear_ramp(state.step, a.eps_ramp_steps)
+        game_now = dataclasses.replace(game, eps=game.eps * scale)
         phi, g_opt_state, g_stats, adv_losses = game_lib.ascend_generator(
-            game, g_tx, state.d.params, state.g.params, state.g.opt_state,
+            game_now, g_tx, state.d.params, state.g.params, state.g.opt_state,
             (state.d.batch_stats, state.g.batch_stats), x, y, rng,
             steps=a.g_steps, unroll=unroll,
         )
@@ -107,7 +113,7 @@ def advnet(config, num_classes: int) -> Method:
 
         def update_d(d_state: ClassifierState):
             grads, aux = game_lib.d_gradient(
-                game, d_state.params, phi, (d_state.batch_stats, g_stats), x, y, rng,
+                game_now, d_state.params, phi, (d_state.batch_stats, g_stats), x, y, rng,
                 gradreg=a.gradreg, gamma=a.gamma, fd_step=h,
             )
             updates, opt_state = d.tx.update(grads, d_state.opt_state, d_state.params)
@@ -116,13 +122,14 @@ def advnet(config, num_classes: int) -> Method:
 
         def evaluate(d_state: ClassifierState):
             _, aux = game_lib.objective(
-                game, d_state.params, phi, (d_state.batch_stats, g_stats), x, y, rng)
+                game_now, d_state.params, phi, (d_state.batch_stats, g_stats), x, y, rng)
             return aux.metrics
 
         d_state, metrics = when(state.step % a.d_every == 0, update_d, evaluate, state.d)
         # F and its parts at (theta, phi) after G's update, before D's; g_gain: how much
         # this G update raised the adversarial loss on the minibatch.
-        metrics = {**metrics, "g_gain": metrics["adv_loss"] - adv_losses[0]}
+        metrics = {**metrics, "g_gain": metrics["adv_loss"] - adv_losses[0],
+                   "eps": a.eps * jnp.asarray(scale)}
         return AdvNetState(state.step + 1, d_state, g), metrics
 
     return Method(init=init, train_step=train_step, classifier=lambda s: d.classifier(s.d))

@@ -101,7 +101,7 @@ def pgd_at(config, num_classes: int) -> Method:
 
     def train_step(state, x, y, rng):
         attack_rng, step_rng = jax.random.split(rng)
-        scale = jnp.minimum(1.0, (state.step + 1) / ramp) if ramp else 1.0
+        scale = optim.linear_ramp(state.step, ramp)
         num_adv = round(fraction * x.shape[0])
         x_adv = attacks.pgd(
             s.classifier(state, batch_norm), x[:num_adv], y[:num_adv], attack_rng,
