@@ -102,6 +102,48 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+# Keys a resumed run may change: how long it runs and logs, where its data and source
+# models lie (runs move between directories and machines), and how it is evaluated. Any
+# other difference means the checkpoint belongs to another recipe.
+RESUMABLE_CHANGES = ("num_train_steps", "log_every", "checkpoint_every", "keep_checkpoints",
+                     "progress_bar", "data.dir", "eat.sources", "eval.")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _check_same_run(config, workdir: str) -> None:
+    """Refuses to resume a checkpoint that another config trained (its config.json differs
+    in a key outside RESUMABLE_CHANGES), rather than silently continuing the old run under
+    the new settings."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = _flatten(json.load(f))
+    current = _flatten(json.loads(config.to_json_best_effort()))
+    # Keys only one side has are left out: a key added to the code since the run started
+    # takes its default, which is not evidence of a change.
+    changed = sorted(
+        k for k in saved.keys() & current.keys()
+        if saved[k] != current[k] and not k.startswith(RESUMABLE_CHANGES)
+    )
+    if changed:
+        details = ", ".join(f"{k}: {saved[k]!r} -> {current[k]!r}" for k in changed)
+        raise ConfigError(
+            f"{workdir} holds a checkpoint of a different config ({details}); resuming would "
+            f"continue that run under the new settings. Use a new --workdir, or restore "
+            f"those values to resume it."
+        )
+
+
 def train(config, workdir: str):
     """Trains config.method to config.num_train_steps, resuming from workdir if possible.
 
@@ -111,6 +153,7 @@ def train(config, workdir: str):
     ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
     start = ckpts.latest_step() or 0
     if start:
+        _check_same_run(config, workdir)
         state = ckpts.restore(state, start)
         print(f"resumed from step {start} in {ckpts.directory}", flush=True)
     log_path = os.path.join(workdir, "metrics.jsonl")

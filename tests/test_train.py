@@ -103,11 +103,24 @@ def test_corrupt_checkpoint_gives_clear_error_and_keeps_the_good_ones(tmp_path):
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path):
+    """Even without the config.json that names the change (a checkpoint copied alone)."""
     workdir = str(tmp_path / "run")
     train.train(tiny_config(tmp_path, steps=4), workdir)
+    os.remove(os.path.join(workdir, "config.json"))
     other = tiny_config(tmp_path, steps=8, **{"model.name": "lenet5"})
     with pytest.raises(CheckpointError, match="different model"):
         train.train(other, workdir)
+
+
+def test_resuming_under_a_changed_recipe_is_refused_but_a_longer_run_is_not(tmp_path):
+    workdir = str(tmp_path / "run")
+    train.train(tiny_config(tmp_path, steps=4), workdir)
+    changed = tiny_config(tmp_path, steps=4, **{"optimizer.learning_rate": 0.1})
+    with pytest.raises(ConfigError, match=r"optimizer.learning_rate: 0.001 -> 0.1.*new --workdir"):
+        train.train(changed, workdir)
+    longer = tiny_config(tmp_path, steps=6, **{"eval.num_examples": 32, "log_every": 3})
+    _, _, state = train.train(longer, workdir)
+    assert int(state.step) == 6
 
 
 def _files(root):
