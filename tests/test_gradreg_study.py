@@ -50,8 +50,10 @@ def test_study_writes_agreement_cost_and_outcome(tmp_path):
             if method != "advnet":
                 from helpers import tiny_config
                 return tiny_config(pathlib.Path({str(tmp_path)!r}), method, steps=4)
+            # options name the run directory, as the real configs' arguments do
             return advnet_config(pathlib.Path({str(tmp_path)!r}), steps=8, **{{
-                "advnet.gradreg": gradreg, "advnet.g_steps": 1, "model.name": "lenet5"}})
+                "advnet.gradreg": gradreg, "advnet.g_steps": 1, "model.name": "lenet5",
+                "options": gradreg}})
     """))
     config = configlib.gradreg_study_config(
         "tiny study", str(config_file),
