@@ -387,7 +387,7 @@ def apply_advnet_cpu_recipe(c: ml_collections.ConfigDict, *, train_size: int,
     c.advnet.d_every = 1
     c.advnet.g_steps = 20
     c.advnet.adv_weight = 2.0
-    c.advnet.eps_ramp_steps = c.checkpoint_every // 4
+    c.advnet.eps_ramp_steps = train_size // c.batch_size // 8
     c.advnet.g_optimizer.name = "adam"
     c.advnet.g_optimizer.learning_rate = 0.002
     c.advnet.g_optimizer.b1 = 0.5

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from flax import traverse_util
 from tqdm import tqdm
 
 from robustgan import checkpoint, data, methods, parallel, report
@@ -109,16 +110,6 @@ RESUMABLE_CHANGES = ("num_train_steps", "log_every", "checkpoint_every", "keep_c
                      "progress_bar", "data.dir", "eat.sources", "eval.")
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _check_same_run(config, workdir: str) -> None:
     """Refuses to resume a checkpoint that another config trained (its config.json differs
     in a key outside RESUMABLE_CHANGES), rather than silently continuing the old run under
@@ -127,8 +118,8 @@ def _check_same_run(config, workdir: str) -> None:
     if not os.path.exists(path):
         return
     with open(path) as f:
-        saved = _flatten(json.load(f))
-    current = _flatten(json.loads(config.to_json_best_effort()))
+        saved = traverse_util.flatten_dict(json.load(f), sep=".")
+    current = traverse_util.flatten_dict(json.loads(config.to_json_best_effort()), sep=".")
     # Keys only one side has are left out: a key added to the code since the run started
     # takes its default, which is not evidence of a change.
     changed = sorted(
