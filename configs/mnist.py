@@ -6,8 +6,8 @@ Eq. 9). The default is the paper's schedule (SGD 0.01 momentum 0.9, wd 1e-4, bat
 200k steps, lr / 10 at 100k; advnet: 5 G updates per D update, wd 1e-5: GPU work).
 ',cpu' is the recipe that fits a CPU budget (config.wang_yu_mnist_config): Adam 1e-3,
 cosine decay, D1 without BN; standard and eat 2 epochs, pgd_at 3 epochs with eps ramped
-over the first, advnet 1.8 epochs with a D update every iteration and the adversarial
-image not clipped (the authors' code).
+over the first, advnet 1.1 epochs (D on Adam 2e-3) with a D update every iteration and the
+adversarial image not clipped (the authors' code; config.apply_advnet_cpu_recipe).
 eat needs --config.eat.sources (run directories of trained standard models).
 
 Arg 'table1' (with --mode table): Wang & Yu's Table 1 layout on the ',cpu' recipe; rows

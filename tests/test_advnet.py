@@ -110,8 +110,8 @@ def test_paper_settings_for_advnet():
     g = cifar.advnet.g_optimizer
     assert (g.name, g.learning_rate, g.b1, g.weight_decay) == ("adam", 0.002, 0.5, 1e-5)
     assert cifar.optimizer.learning_rate == 0.1 and cifar.advnet.eps == pytest.approx(8 / 256)
-    # The CPU recipe keeps G0, eps and the regularizer; G on Adam with 20 steps, D every
-    # step, lambda 2, unclipped, eps ramped over the first eighth of an epoch.
+    # The CPU recipe keeps G0, eps and the regularizer; D on Adam 2e-3, G on Adam with 20
+    # steps, D every step, lambda 2, unclipped, eps ramped over the first eighth of an epoch.
     cpu = load_config("mnist.py", "advnet,cpu")
     g = cpu.advnet.g_optimizer
     assert (g.name, g.learning_rate, g.b1) == ("adam", 0.002, 0.5)
@@ -119,6 +119,7 @@ def test_paper_settings_for_advnet():
     assert (cpu.advnet.gradreg, cpu.advnet.eps) == ("finite_difference", 0.3)
     assert (cpu.advnet.adv_weight, cpu.advnet.clip) == (2.0, False)
     assert cpu.advnet.eps_ramp_steps == 60_000 // 64 // 8
+    assert (cpu.optimizer.name, cpu.optimizer.learning_rate) == ("adam", 2e-3)
 
 
 @pytest.mark.parametrize("key,value,match", [
