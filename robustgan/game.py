@@ -128,7 +128,7 @@ def regularizer(game: Game, theta, phi, stats, x, y, rng, *, gradreg: str, fd_st
         gives grad_theta F and v from one backward pass and the jvp at v after it (the
         unused H_phi_phi v is dead code to XLA); over 2 sharded CPU devices a separate
         pass for v followed by `jax.jvp` took 1.78x the finite difference's time, this
-        1.41x (1.06-1.19x per D step; benchmarks/RESULTS.md);
+        1.41x (1.04-1.42x per D step, by players and device count; benchmarks/RESULTS.md);
       finite_difference: Eq. 9, [grad_theta F(theta, phi + h v) - grad_theta F(theta, phi)] / h
         with h = fd_step (the paper: eta_G / 10);
       authors_code: the same difference with the opposite sign, ~ -H v, which is what the
