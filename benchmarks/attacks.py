@@ -180,7 +180,7 @@ def jax_attack(kind: str, classifier: Classifier, x, y, eps, step, c, steps: int
             clf, x_, y_, key, steps=steps, binary_steps=1, initial_const=c,
             learning_rate=0.01, unroll=unroll,
         )
-    # As evaluate.py runs attacks: the classifier replicated and the batch sharded over
+    # As evaluate/protocol.py runs attacks: the classifier replicated and the batch sharded over
     # the mesh (on this CPU, one device per core: parallel.use_cpu_cores).
     mesh = parallel.make_mesh()
     classifier = parallel.replicate(classifier, mesh)

@@ -7,7 +7,7 @@ training.
     python benchmarks/gradreg.py [--steps 5] [--rounds 5] [--config configs/mnist.py:advnet]
 
 The modes run interleaved, round by round, in one process so that load on the machine
-hits them alike (gradreg_study.d_step_cost); prints each mode's median time per step and
+hits them alike (studies.gradreg.d_step_cost); prints each mode's median time per step and
 the ratios. The paper chose the finite difference because double back-propagation was
 slower in TensorFlow; `exact` here is forward-over-reverse (`jax.linearize` of the
 gradients in phi, applied to v = grad_phi F).
@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from robustgan import config as configlib
-from robustgan import gradreg_study
+from robustgan.studies import gradreg as gradreg_study
 
 
 def main():

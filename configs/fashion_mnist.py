@@ -7,11 +7,8 @@ Arg 'table1' (with --mode table): Wang & Yu's Table 1 layout on the ',cpu' recip
 standard (A), PGD-AT (B), advnet (C), EAT; surrogates A', B', C', seed 1).
 """
 
-from robustgan import config as configlib
+from robustgan import recipes
 
 
 def get_config(arg=None):
-    if arg == "table1":
-        return configlib.wang_yu_table1_config(
-            "Wang & Yu Table 1 layout: Fashion-MNIST, eps 0.1", __file__)
-    return configlib.wang_yu_mnist_config(arg, name="fashion_mnist", eps=0.1, pgd_at_epochs=2)
+    return recipes.get_config("fashion_mnist", arg, __file__)

@@ -1,10 +1,10 @@
 """Command line: `python -m robustgan.main --config configs/<dataset>.py[:<method>] --workdir DIR`.
 
 Modes: `train` (default: train, then evaluate), `eval` (evaluate the newest
-checkpoint in --workdir) and `table` (a table config such as configs/mnist.py:table1:
-train or reuse every run it names under --workdir, then write the table; a study config
-such as configs/mnist.py:gradreg_study adds its own measurements to its table, and
-configs/mnist.py:table5 lays out generator attacks).
+checkpoint in --workdir), `table` (a table config such as configs/mnist.py:table1:
+train or reuse every run it names under --workdir, then write the table) and `study` (a
+study config such as configs/mnist.py:gradreg_study, dispatched by name to
+robustgan/studies/; `--mode table` runs a study config too).
 Override any config key with `--config.key=value`; unknown keys and bad values stop
 before data are loaded or anything is compiled.
 """
@@ -24,9 +24,9 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 _MODE = flags.DEFINE_enum(
-    "mode", "train", ["train", "eval", "table"],
-    "train (then evaluate), eval (the newest checkpoint), or table (a table config: train or "
-    "reuse its runs, then build the table)."
+    "mode", "train", ["train", "eval", "table", "study"],
+    "train (then evaluate), eval (the newest checkpoint), table (a table config: train or "
+    "reuse its runs, then build the table), or study (a study config)."
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -35,42 +35,43 @@ def run(config, workdir: str, mode: str) -> dict:
     """Trains and/or evaluates as `mode` says; writes and returns the results."""
     import jax
 
-    from robustgan import evaluate, parallel, report, table, train
+    from robustgan import parallel, report, studies, table, train
+    from robustgan.evaluate import protocol
 
-    is_table = "table" in config
-    if is_table != (mode == "table"):
+    kind = "study" if "study" in config else "table" if "table" in config else "run"
+    allowed = {"run": ("train", "eval"), "table": ("table",), "study": ("study", "table")}
+    if mode not in allowed[kind]:
         raise ConfigError(
-            "--mode table needs a table config (e.g. configs/mnist.py:table1)" if not is_table
-            else "this is a table config: run it with --mode table"
-        )
+            f"--mode {mode} needs a {'run' if mode in ('train', 'eval') else mode} config "
+            f"(e.g. configs/mnist.py:{'pgd_at' if mode in ('train', 'eval') else 'table1'}); "
+            f"this is a {kind} config: run it with --mode {allowed[kind][0]}")
     parallel.initialize()
-    if "study" in config:
-        from robustgan import gradreg_study
-
-        return gradreg_study.run_study(config, workdir)
-    if "generator_attacks" in config:
-        from robustgan import generator_table
-
-        return generator_table.run_generator_table(config, workdir)
-    if is_table:
+    if kind == "study":
+        return studies.run(config, workdir)
+    if kind == "table":
         return table.run_table(config, workdir)
     configlib.validate(config)
     if mode == "train":
         dataset, method, state = train.train(config, workdir)
     else:
         dataset, method, state = train.restore_trained(config, workdir)
+    if method.classifier is None:
+        print(f"{config.method} trains no classifier: nothing to evaluate; its networks "
+              f"({', '.join(method.networks)}) are in {workdir}", flush=True)
+        return {}
     mesh = parallel.make_mesh()
     classifier = method.classifier(state)
-    results = evaluate.evaluate(config, dataset, classifier, mesh)
+    results = protocol.evaluate(config, dataset, classifier, mesh)
     measures = None
     if config.eval.measures:
-        measures = evaluate.protocol_measures(config, dataset, classifier, mesh)
+        measures = protocol.protocol_measures(config, dataset, classifier, mesh)
     context = {
         "method": config.method, "data": f"{config.data.source}:{config.data.name}",
         "model": config.model.name, "train_steps": config.num_train_steps,
         "eval": f"{config.eval.split} split, {results['num_examples']} examples, "
-                f"eps {config.eval.eps}, PGD-{config.eval.pgd_steps} step "
-                f"{config.eval.pgd_step_size} x{config.eval.pgd_restarts} restarts",
+                f"eps {config.eval.eps}, columns {', '.join(config.eval.attacks)}; PGD-"
+                f"{config.eval.pgd_steps} step {config.eval.pgd_step_size} "
+                f"x{config.eval.pgd_restarts} restarts",
         "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
     }
     if jax.process_index() == 0:

@@ -4,7 +4,35 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
+
+from robustgan.checks import check_choice
+from robustgan.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "step", "cosine")
+
+
+def optimizer_config(*, name: str = "sgd", learning_rate: float = 0.01, momentum: float = 0.9,
+                     b1: float = 0.9, weight_decay: float = 1e-4, schedule: str = "step",
+                     decay_at=(0.5,), warmup_steps: int = 0) -> ml_collections.ConfigDict:
+    """An optimizer block, every key `make_optimizer` reads. schedule 'step' divides the
+    learning rate by 10 at each `decay_at` fraction of training."""
+    return ml_collections.ConfigDict(dict(
+        name=name, learning_rate=learning_rate, momentum=momentum, b1=b1,
+        weight_decay=weight_decay, schedule=schedule, decay_at=tuple(decay_at),
+        warmup_steps=warmup_steps))
+
+
+def check_optimizer_config(key: str, opt) -> None:
+    """Stops a bad optimizer block `config.<key>`, naming the key."""
+    check_choice(f"{key}.name", opt.name, OPTIMIZERS)
+    check_choice(f"{key}.schedule", opt.schedule, SCHEDULES)
+    if opt.learning_rate <= 0:
+        raise ConfigError(f"config.{key}.learning_rate must be positive")
+    if any(not 0.0 < f < 1.0 for f in opt.decay_at):
+        raise ConfigError(f"config.{key}.decay_at holds fractions of training in (0, 1)")
 
 
 def learning_rate_schedule(opt_config, num_steps: int) -> optax.Schedule:

@@ -8,7 +8,9 @@ from collections.abc import Callable, Sequence
 
 import jax
 
-COLUMN_TITLES = {"clean": "No noise", "fgsm": "FGS", "pgd": "PGD", "min": "Min"}
+COLUMN_TITLES = {"clean": "No noise", "fgsm": "FGS", "pgd": "PGD", "min": "Min",
+                 "rand_fgsm": "RAND+FGSM", "cw_l2": "C&W-L2", "apgd_ce": "APGD-CE",
+                 "apgd_dlr": "APGD-DLR", "deepfool": "DeepFool"}
 
 
 def column_title(column: str) -> str:
@@ -86,7 +88,7 @@ def write_results(workdir: str, name: str, results: dict[str, float], context: d
                   measures: dict | None = None) -> str:
     """Writes results.json, results.md (and robustness_curve.png with measures) in
     workdir; returns the Markdown for the console."""
-    columns = [c for c in ("clean", "fgsm", "pgd", "min") if c in results]
+    columns = [c for c in results if c != "num_examples"]
     text = markdown_table({name: results}, columns)
     if measures:
         text += "\n" + measures_markdown({name: measures})
@@ -119,9 +121,12 @@ def measures_markdown(rows: dict[str, dict]) -> str:
         lines.append(f"| {name} | {m['rho_2']:.4f} | {m['rho_inf']:.4f} | {m['eps_ref']:.4f} | "
                      f"{at_ref} | {sub} | {sanity_summary(m['sanity'])} |")
     first = next(iter(rows.values()))
+    references = {m["eps_ref_of"] for m in rows.values()} - {"itself"}
+    at = (f"the eps_ref of {', '.join(sorted(references))}" if references
+          else "each model's own eps_ref")
     return (f"Protocol measures on the first {first['num_examples']} evaluation images "
-            f"(rho: DeepFool perturbation norm over image norm, pixel units):\n\n"
-            + "\n".join(lines) + "\n")
+            f"(rho: DeepFool perturbation norm over image norm, pixel units; accuracy "
+            f"under FGS at 0.2/0.5/1.0 of {at}):\n\n" + "\n".join(lines) + "\n")
 
 
 def plot_curves(
@@ -160,63 +165,3 @@ def training_curves(metrics_path: str, png_path: str) -> None:
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
-
-
-def plot_agreement(agreement: dict[int, list[dict]], png_path: str) -> None:
-    """Relative error and cosine similarity of the finite-difference regularizer against
-    the exact one, against h (log scale), one line per training step."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9, 3.5), dpi=120)
-    err_ax, cos_ax = fig.subplots(1, 2)
-    for step, rows in agreement.items():
-        h = [r["h"] for r in rows]
-        err_ax.loglog(h, [max(r["relative_error"], 1e-12) for r in rows], marker="o",
-                      markersize=3, label=f"step {step}")
-        cos_ax.semilogx(h, [r["cosine"] for r in rows], marker="o", markersize=3)
-    err_ax.set(xlabel="h", ylabel="||FD - exact|| / ||exact||",
-               title="finite difference vs exact H v")
-    cos_ax.set(xlabel="h", ylabel="cosine similarity", ylim=(-1.05, 1.05))
-    for ax in (err_ax, cos_ax):
-        ax.grid(alpha=0.3)
-    err_ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(png_path, format="png")
-
-
-def gradreg_study_markdown(results: dict) -> str:
-    """The gradreg study (gradreg_study.run_study) as Markdown: agreement, cost, outcome
-    with the oscillation of the adversarial loss."""
-    agreement = results["agreement"]
-    steps = list(agreement)
-    hs = [r["h"] for r in agreement[steps[0]]]
-    lines = [f"## Exact vs finite-difference gradient regularization ({results['device']})",
-             "", f"### Agreement along `{results['agreement_run']}`", "",
-             "Relative error ||FD - exact|| / ||exact|| (cosine similarity) of the "
-             "finite-difference term against the exact H v, on one minibatch:", "",
-             "| step | " + " | ".join(f"h={h:.0e}" for h in hs) + " |",
-             "|---|" + "---:|" * len(hs)]
-    for step in steps:
-        cells = " | ".join(f"{r['relative_error']:.2e} ({r['cosine']:.4f})"
-                           for r in agreement[step])
-        lines.append(f"| {step} | {cells} |")
-    cost = results["cost"]
-    lines += ["", "### Cost per D step (interleaved, median)", "",
-              "| gradreg | ms / D step | / none | compile s |", "|---|---:|---:|---:|"]
-    for mode, c in cost.items():
-        lines.append(f"| {mode} | {1e3 * c['seconds']:.1f} | "
-                     f"{c['seconds'] / cost['none']['seconds']:.2f} | "
-                     f"{c['compile_seconds']:.1f} |")
-    if "exact" in cost and "finite_difference" in cost:
-        ratio = cost["exact"]["seconds"] / cost["finite_difference"]["seconds"]
-        lines.append(f"\nexact / finite_difference = {ratio:.2f}")
-    outcome = results["outcome"]
-    columns = results["outcome_columns"]
-    lines += ["", "### Outcome", "",
-              "Accuracy (%) and the oscillation of the adversarial loss over the second half "
-              "of training (mean |change| between log points; std):", "",
-              markdown_table(outcome, columns, "gradreg").rstrip("\n")]
-    lines += ["", "| gradreg | adv-loss mean abs change | adv-loss std |", "|---|---:|---:|"]
-    for name, swing in results["oscillation"].items():
-        lines.append(f"| {name} | {swing['mean_abs_change']:.4f} | {swing['std']:.4f} |")
-    return "\n".join(lines) + "\n"

@@ -4,105 +4,116 @@ attacks then black-box attacks transferred from each surrogate run.
 `python -m robustgan.main --config configs/mnist.py:table1 --mode table --workdir DIR`
 trains every run it needs under DIR/<run> (or reuses a finished one; a killed one
 resumes), evaluates, and writes DIR/table.{md,json,png}.
+
+A row or surrogate is (name, config argument, seed, overrides). Overrides that change
+only evaluation settings (`config.resumable_keys`) leave the run directory as it is, so
+rows may share one trained run and differ in how it is evaluated. A run reference in a
+run's config (`config.reference_keys`) may name an earlier run of the table. A row whose
+method trains no classifier is trained and not evaluated.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 
 import jax
 
 from robustgan import config as configlib
-from robustgan import evaluate, parallel, report, train
+from robustgan import parallel, report, runs, train
+from robustgan.errors import ConfigError
+from robustgan.evaluate import protocol
 
 
-def run_name(config) -> str:
-    """Directory name of a run: method, config options, seed ('pgd_at_cpu_seed1')."""
-    return "_".join([config.method, *filter(None, config.options.split(",")),
-                     f"seed{config.seed}"])
+def run_name(config, overrides=()) -> str:
+    """Directory name of a run: method, config options, seed ('pgd_at_cpu_seed1'), and a
+    digest of the overrides that change what it trains, if any."""
+    resumable = configlib.resumable_keys(config)
+    trained = sorted((k, v) for k, v in overrides if not any(
+        k == r or (r.endswith(".") and k.startswith(r)) for r in resumable))
+    parts = [config.method, *filter(None, config.options.split(",")), f"seed{config.seed}"]
+    if trained:
+        parts.append(hashlib.sha1(json.dumps(trained).encode()).hexdigest()[:8])
+    return "_".join(parts)
 
 
-def _run_config(table, arg: str, seed: int, progress: bool, run_dirs: dict[str, str]):
+def table_run_config(table, run, progress: bool, run_dirs: dict[str, str]):
+    """The config of one table run (name, arg, seed, overrides), its run references to
+    earlier runs of the table resolved to their directories (`run_dirs`)."""
+    name, arg, seed, overrides = run
     config = configlib.load_config_file(f"{table.config_file}:{arg}")
     with config.unlocked():
         config.seed = seed
         config.progress_bar = progress
         if table.eval_num_examples:
             config.eval.num_examples = table.eval_num_examples
-        if config.method == "eat" and table.eat_sources:
-            missing = [name for name in table.eat_sources if name not in run_dirs]
-            if missing:
-                raise configlib.ConfigError(
-                    f"config.table.eat_sources names {missing}: list those runs before "
-                    "the eat row (rows and surrogates train in order)")
-            config.eat.sources = tuple(run_dirs[name] for name in table.eat_sources)
+        for key, value in overrides:
+            parent, _, leaf = key.rpartition(".")
+            node = configlib.get(config, parent) if parent else config
+            if leaf not in node:
+                raise ConfigError(f"table run {name!r} overrides {key!r}, which its config "
+                                  "does not have")
+            node[leaf] = value
+    names = {r[0] for r in (*table.rows, *table.surrogates)}
+    for key, refs in runs.references(config).items():
+        later = [ref for ref in refs if ref in names and ref not in run_dirs]
+        if later:
+            raise ConfigError(f"table run {name!r}: config.{key} names {later}; list those "
+                              "runs before it (rows, then surrogates, train in order)")
+    config = runs.resolve(config, run_dirs)
     configlib.validate(config)
     return config
 
 
-def columns_for(eval_config, attacks: tuple[str, ...], surrogates) -> dict[str, evaluate.Column]:
-    """'clean', the white-box attacks, then '<attack>(<surrogate>)' for each surrogate."""
-    fns = evaluate.white_box_attacks(eval_config)
-    unknown = set(attacks) - set(fns)
-    if unknown:
-        raise configlib.ConfigError(
-            f"config.table.attacks has {sorted(unknown)}; available: {sorted(fns)}")
-    cols = {"clean": evaluate.Column()}
-    cols |= {name: evaluate.Column(fns[name]) for name in attacks}
-    for surrogate, *_ in surrogates:
-        cols |= {f"{name}({surrogate})": evaluate.Column(fns[name], surrogate) for name in attacks}
-    return cols
-
-
 def train_runs(config, workdir: str):
     """Trains (or reuses, or resumes) every run config.table names, rows then surrogates,
-    each in workdir/<run_name>. Returns ({name: (run config, Classifier)}, the dataset)."""
+    each in workdir/<run_name>. Returns ({name: (run config, Classifier or None)},
+    {name: run directory}, the dataset)."""
     table = config.table
     os.makedirs(workdir, exist_ok=True)
     trained, run_dirs = {}, {}
-    for name, arg, seed in (*table.rows, *table.surrogates):
-        run_config = _run_config(table, arg, seed, config.progress_bar, run_dirs)
-        run_dir = run_dirs[name] = os.path.join(workdir, run_name(run_config))
+    for run in (*table.rows, *table.surrogates):
+        name, arg, seed, overrides = run
+        run_config = table_run_config(table, run, config.progress_bar, run_dirs)
+        run_dir = run_dirs[name] = os.path.join(workdir, run_name(run_config, overrides))
         print(f"[table] {name}: {arg} seed {seed} in {run_dir}", flush=True)
         dataset, method, state = train.train(run_config, run_dir)
-        trained[name] = (run_config, method.classifier(state))
-    return trained, dataset
+        classifier = method.classifier(state) if method.classifier else None
+        trained[name] = (run_config, classifier)
+    return trained, run_dirs, dataset
 
 
 def run_table(config, workdir: str, output: str = "table") -> dict:
     """Trains or reuses every run of the table, evaluates, and writes the table as
     workdir/<output>.md, .json, .png (and <output>_curves.png)."""
     table = config.table
-    trained, dataset = train_runs(config, workdir)
-    first_config = trained[table.rows[0][0]][0]
-    x, y = evaluate.eval_split(first_config, dataset)
-    sources = {name: trained[name][1] for name, *_ in table.surrogates}
+    trained, run_dirs, dataset = train_runs(config, workdir)
+    evaluated = [name for name, *_ in table.rows if trained[name][1] is not None]
+    if not evaluated:
+        raise ConfigError("no row of the table trains a classifier: nothing to evaluate")
+    first_config = trained[evaluated[0]][0]
+    x, y = protocol.eval_split(first_config, dataset)
+    surrogates = [name for name, *_ in table.surrogates]
+    sources = {name: trained[name][1] for name in surrogates}
     mesh = parallel.make_mesh()
     results = {}
-    for name, *_ in table.rows:
+    for name in evaluated:
         run_config, classifier = trained[name]
-        cols = columns_for(run_config.eval, table.attacks, table.surrogates)
+        cols = protocol.white_box_columns(run_config.eval, table.attacks)
+        cols |= protocol.transfer_columns(run_config.eval, table.attacks, surrogates)
         print(f"[table] evaluating {name}", flush=True)
-        results[name] = evaluate.accuracy_under_attacks(
+        results[name] = protocol.accuracy_under_attacks(
             classifier, x, y, cols, sources=sources, batch_size=run_config.eval.batch_size,
             value_range=run_config.data.value_range, mesh=mesh,
             rng=jax.random.key(run_config.seed + 2), progress=config.progress_bar,
         )
     columns = [*cols, "min"]
-    measures = {}
-    for name, *_ in table.rows:
-        run_config, classifier = trained[name]
-        if not run_config.eval.measures:
-            continue
-        row = results[name]
-        transfer = [row[c] for c, col in cols.items() if col.source is not None]
-        measures[name] = evaluate.protocol_measures(
-            run_config, dataset, classifier, mesh, white_box_accuracy=row.get("pgd"),
-            transfer_accuracy=min(transfer) if transfer else None)
+    measures = table_measures(table, trained, evaluated, results, cols, dataset, mesh)
     paper = {name: dict(zip(columns, table.paper[name], strict=False))
-             for name, *_ in table.rows if name in table.paper}
+             for name in evaluated if name in table.paper}
     e = first_config.eval
-    notes = (f"{first_config.data.name}, {results[table.rows[0][0]]['num_examples']} test "
+    notes = (f"{first_config.data.name}, {results[evaluated[0]]['num_examples']} test "
              f"images, eps {e.eps:g}; PGD-{e.pgd_steps} step {e.pgd_step_size:g}, random start; "
              f"transfer columns: attack crafted on the surrogate in parentheses. "
              f"Min: correct under every column (per-example worst case).")
@@ -122,6 +133,31 @@ def run_table(config, workdir: str, output: str = "table") -> dict:
         workdir, output, markdown,
         {"title": table.title, "columns": columns, "results": results, "paper": paper,
          "notes": notes, "measures": measures,
-         "runs": {n: run_name(c) for n, (c, _) in trained.items()}},
+         "runs": {n: os.path.basename(d) for n, d in run_dirs.items()}},
         draw)
     return results
+
+
+def table_measures(table, trained, evaluated, results, cols, dataset, mesh) -> dict:
+    """Protocol measures of every evaluated row whose config asks for them. Accuracy at
+    0.2/0.5/1.0 eps_ref is at the eps_ref of table.eps_ref_row (default the first row),
+    as Deep Defense compares models; white box against transfer is judged over the
+    evaluation split's size."""
+    wanted = [name for name in evaluated if trained[name][0].eval.measures]
+    reference = table.eps_ref_row or evaluated[0]
+    if reference not in evaluated:
+        raise ConfigError(f"config.table.eps_ref_row={reference!r} trains no classifier")
+    order = sorted(wanted, key=lambda name: name != reference)  # the reference first
+    measures, eps_ref = {}, None
+    for name in order:
+        run_config, classifier = trained[name]
+        row = results[name]
+        transfer = [row[c] for c, col in cols.items() if col.source is not None]
+        measures[name] = protocol.protocol_measures(
+            run_config, dataset, classifier, mesh, white_box_accuracy=row.get("pgd"),
+            transfer_accuracy=min(transfer) if transfer else None,
+            evaluation_examples=row["num_examples"],
+            reference_eps=None if eps_ref is None else (reference, eps_ref))
+        if name == reference:
+            eps_ref = measures[name]["eps_ref"]
+    return {name: measures[name] for name in wanted}

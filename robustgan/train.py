@@ -1,8 +1,9 @@
 """The generic training loop: data, mesh, jitted step, checkpoints, metrics, progress.
 
-Method-agnostic: it runs whatever `methods.build(config)` returns. Determinism: the
-batch at global step t and the step's key `fold_in(key(seed), t)` depend only on
-(seed, t), so a resumed run replays exactly the steps an uninterrupted run takes.
+Method-agnostic: it runs whatever Method config.method names (`runs.build_method`, which
+loads the runs the config refers to). Determinism: the batch at global step t and the
+step's key `fold_in(key(seed), t)` depend only on (seed, t), so a resumed run replays
+exactly the steps an uninterrupted run takes.
 """
 
 from __future__ import annotations
@@ -13,13 +14,11 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import logging
-from flax import traverse_util
 from tqdm import tqdm
 
-from robustgan import checkpoint, data, methods, parallel, report
+from robustgan import checkpoint, data, parallel, report, runs
 from robustgan.errors import ConfigError, DivergenceError
 
 
@@ -29,10 +28,10 @@ def prepare_run(config, workdir: str):
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
     parallel.check_batch_size(config.eval.batch_size, mesh, "eval.batch_size")
-    method = methods.build(config, dataset.num_classes)
+    method = runs.build_method(config)
     sample = data.scale(dataset.x_train[:1], config.data.value_range)
-    init_key, _ = jax.random.split(jax.random.key(config.seed))
-    state = jax.jit(method.init)(init_key, sample)  # raises ConfigError on a bad image shape
+    # raises ConfigError on a bad image shape
+    state = jax.jit(method.init)(runs.init_key(config), sample)
     os.makedirs(workdir, exist_ok=True)
     return dataset, mesh, method, state
 
@@ -103,54 +102,28 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-# Keys a resumed run may change: how long it runs and logs, where its data and source
-# models lie (runs move between directories and machines), and how it is evaluated. Any
-# other difference means the checkpoint belongs to another recipe.
-RESUMABLE_CHANGES = ("num_train_steps", "log_every", "checkpoint_every", "keep_checkpoints",
-                     "progress_bar", "data.dir", "eat.sources", "eval.")
-
-
-def _check_same_run(config, workdir: str) -> None:
-    """Refuses to resume a checkpoint that another config trained (its config.json differs
-    in a key outside RESUMABLE_CHANGES), rather than silently continuing the old run under
-    the new settings."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        saved = traverse_util.flatten_dict(json.load(f), sep=".")
-    current = traverse_util.flatten_dict(json.loads(config.to_json_best_effort()), sep=".")
-    # Keys only one side has are left out: a key added to the code since the run started
-    # takes its default, which is not evidence of a change.
-    changed = sorted(
-        k for k in saved.keys() & current.keys()
-        if saved[k] != current[k] and not k.startswith(RESUMABLE_CHANGES)
-    )
-    if changed:
-        details = ", ".join(f"{k}: {saved[k]!r} -> {current[k]!r}" for k in changed)
-        raise ConfigError(
-            f"{workdir} holds a checkpoint of a different config ({details}); resuming would "
-            f"continue that run under the new settings. Use a new --workdir, or restore "
-            f"those values to resume it."
-        )
-
-
 def train(config, workdir: str):
     """Trains config.method to config.num_train_steps, resuming from workdir if possible.
 
     Returns (dataset, method, state) with the final state on the host's default device.
     """
     dataset, mesh, method, state = prepare_run(config, workdir)
-    ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+    ckpts = checkpoint.Checkpoints(os.path.join(workdir, runs.CHECKPOINTS),
+                                   config.keep_checkpoints)
     start = ckpts.latest_step() or 0
     if start:
-        _check_same_run(config, workdir)
+        runs.check_same_run(config, workdir)
         state = ckpts.restore(state, start)
         print(f"resumed from step {start} in {ckpts.directory}", flush=True)
+    else:
+        state = runs.warm_start(method, state, config)
     log_path = os.path.join(workdir, "metrics.jsonl")
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+    total = config.num_train_steps
+    recorded = all(os.path.exists(os.path.join(workdir, f))
+                   for f in (runs.CONFIG_FILE, runs.RUN_FILE))
+    if jax.process_index() == 0 and (start < total or not recorded):
+        # A finished run reused with other evaluation settings keeps the config it trained.
+        runs.write_run_files(config, workdir, dataset.image_shape)
         _truncate_log(log_path, start)
 
     state = parallel.replicate(state, mesh)
@@ -161,7 +134,6 @@ def train(config, workdir: str):
         dataset, config.batch_size, config.seed, start,
         pad_crop=config.data.pad_crop, flip=config.data.flip,
     )
-    total = config.num_train_steps
     bar = tqdm(total=total, initial=start, disable=not config.progress_bar, unit="step",
                dynamic_ncols=True, desc=config.method)
     pending, tick = [], time.perf_counter()
@@ -202,7 +174,8 @@ def train(config, workdir: str):
 def restore_trained(config, workdir: str):
     """(dataset, method, state) of a finished run in workdir, for --mode eval."""
     dataset, _, method, state = prepare_run(config, workdir)
-    ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+    ckpts = checkpoint.Checkpoints(os.path.join(workdir, runs.CHECKPOINTS),
+                                   config.keep_checkpoints)
     try:
         step = ckpts.latest_step()
         if step is None:
@@ -213,12 +186,3 @@ def restore_trained(config, workdir: str):
         return dataset, method, ckpts.restore(state, step)
     finally:
         ckpts.close()
-
-
-def load_classifier(workdir: str):
-    """The Classifier of the finished run in workdir, rebuilt from its config.json (what
-    methods that attack pre-trained models, such as eat, load)."""
-    with open(os.path.join(workdir, "config.json")) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    _, method, state = restore_trained(config, workdir)
-    return method.classifier(jax.device_get(state))

@@ -12,7 +12,7 @@ import pytest
 from helpers import tiny_config
 
 from robustgan import config as configlib
-from robustgan import main, train
+from robustgan import main, nets, train
 from robustgan.errors import ConfigError
 from robustgan.methods import advnet
 
@@ -150,11 +150,11 @@ def test_bad_advnet_values_stop_with_the_key_named(key, value, match):
 @pytest.mark.parametrize("backend", ["cpu", "gpu"])
 def test_d_update_is_skipped_exactly_when_the_predicate_is_false(monkeypatch, backend):
     """`when` takes lax.cond off CPU, and on CPU updates always and selects."""
-    monkeypatch.setattr(advnet.jax, "default_backend", lambda: backend)
+    monkeypatch.setattr(nets.jax, "default_backend", lambda: backend)
     update = lambda s: ({"w": s["w"] - 1.0, "n": s["n"] + 1}, {"loss": s["w"] * 2})
     evaluate = lambda s: {"loss": s["w"] * 2}
     state = {"w": jnp.float32(3.0), "n": jnp.int32(0)}
-    step = jax.jit(lambda p, s: advnet.when(p, update, evaluate, s))
+    step = jax.jit(lambda p, s: nets.when(p, update, evaluate, s))
     for pred, expected in ((True, (2.0, 1)), (False, (3.0, 0))):
         new, metrics = step(pred, state)
         assert (float(new["w"]), int(new["n"])) == expected and float(metrics["loss"]) == 6.0

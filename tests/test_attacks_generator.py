@@ -6,9 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from robustgan import data, evaluate, parallel
+from robustgan import data, parallel
 from robustgan.attacks.generator import GeneratorAttack, train_generator_attack
 from robustgan.classifier import Classifier, ModelApply
+from robustgan.evaluate import protocol
 from robustgan.models.generators import get_generator
 
 SIZE, EPS = 8, 0.1
@@ -48,9 +49,9 @@ def test_trained_generator_lowers_a_fixed_models_accuracy_within_eps():
     assert float(jnp.abs(x_adv - x_scaled).max()) <= EPS * 2 + 1e-6  # eps times range width
     assert float(x_adv.min()) >= -1.0 and float(x_adv.max()) <= 1.0
     # Usable as an evaluation column like any other attack.
-    results = evaluate.accuracy_under_attacks(
-        classifier, x_test, y_test, {"clean": evaluate.Column(),
-                                     "generator": evaluate.Column(attack)},
+    results = protocol.accuracy_under_attacks(
+        classifier, x_test, y_test, {"clean": protocol.Column(),
+                                     "generator": protocol.Column(attack)},
         batch_size=64, value_range=VALUE_RANGE, mesh=parallel.make_mesh(),
         rng=jax.random.key(2), progress=False,
     )
@@ -65,9 +66,9 @@ def test_generator_table_trains_attacks_on_the_target_and_transfers_them(tmp_pat
 
     import pytest
 
-    from robustgan import config as configlib
     from robustgan import main
     from robustgan.errors import ConfigError
+    from robustgan.recipes import wang_yu
 
     config_file = tmp_path / "tiny_cfg.py"
     config_file.write_text(textwrap.dedent(f"""
@@ -77,14 +78,14 @@ def test_generator_table_trains_attacks_on_the_target_and_transfers_them(tmp_pat
         def get_config(arg):
             return tiny_config(pathlib.Path({str(tmp_path)!r}), arg, steps=8)
     """))
-    config = configlib.generator_attack_config(
+    config = wang_yu.generator_attack_config(
         "tiny table 5", str(config_file), target=("A", "standard", 0),
         others=[("A'", "standard", 1)],
         generators=[("label", "g3", 2)], steps=3)
     with config.unlocked():
         config.progress_bar = False
     workdir = str(tmp_path / "t5")
-    results = main.run(config, workdir, "table")
+    results = main.run(config, workdir, "study")
     assert list(results) == ["original accuracy", "label"]
     for row in results.values():
         assert set(row) == {"A", "A'"} and all(0 <= v <= 1 for v in row.values())
@@ -95,6 +96,6 @@ def test_generator_table_trains_attacks_on_the_target_and_transfers_them(tmp_pat
     assert os.path.exists(os.path.join(workdir, "generator_attacks.png"))
 
     with config.unlocked():
-        config.generator_attacks.generators = (("bad", "g9", 0),)
+        config.study.generators = (("bad", "g9", 0),)
     with pytest.raises(ConfigError, match="unknown generator 'g9'"):
         main.run(config, workdir, "table")

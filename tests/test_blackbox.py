@@ -1,4 +1,4 @@
-"""Black-box threat models: transfer attacks against evaluate.py's white box, and
+"""Black-box threat models: transfer attacks against protocol.py's white box, and
 Papernot et al.'s substitute training on a tiny synthetic task."""
 
 import functools
@@ -20,8 +20,9 @@ from test_measures import (
     trained_mlp,
 )
 
-from robustgan import attacks, blackbox, evaluate, models, parallel
+from robustgan import attacks, models, parallel
 from robustgan.classifier import Classifier
+from robustgan.evaluate import blackbox, protocol
 
 FGSM = functools.partial(attacks.fgsm, eps=0.1)
 PGD = functools.partial(
@@ -38,11 +39,11 @@ def test_transfer_from_a_model_to_itself_is_the_white_box_attack():
     clf = trained_mlp()
     x, y = uint8_eval_data()
     columns = {
-        "fgsm": evaluate.Column(FGSM),
-        "pgd": evaluate.Column(PGD),
-        "pgd_transfer": evaluate.Column(PGD, source="itself"),
+        "fgsm": protocol.Column(FGSM),
+        "pgd": protocol.Column(PGD),
+        "pgd_transfer": protocol.Column(PGD, source="itself"),
     }
-    reference = evaluate.accuracy_under_attacks(
+    reference = protocol.accuracy_under_attacks(
         clf,
         x,
         y,

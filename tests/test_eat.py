@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from helpers import tiny_config
 
-from robustgan import attacks, main, table
+from robustgan import attacks, main, runs, table
 from robustgan import config as configlib
 from robustgan.classifier import Classifier
 from robustgan.errors import ConfigError
@@ -71,7 +71,7 @@ def test_eat_bad_input_is_named():
     with pytest.raises(ConfigError, match="multiple of 4"):
         configlib.validate(_eat_config(batch_size=18, sources=("x",)))
     with pytest.raises(ConfigError, match="holds no trained run"):
-        eat.load_sources(["/nonexistent/run"])
+        runs.linked_runs(_eat_config(sources=("/nonexistent/run",)))
 
 
 def test_table_points_an_eat_row_at_earlier_runs(tmp_path):
@@ -83,9 +83,10 @@ def test_table_points_an_eat_row_at_earlier_runs(tmp_path):
             c.method = arg
             return c
     """))
-    t = configlib.table_config("t", str(config_file), rows=[("E", "eat", 0)], surrogates=[],
-                               eat_sources=("A",)).table
-    config = table._run_config(t, "eat", 0, False, {"A": "/runs/a"})
+    t = configlib.table_config(
+        "t", str(config_file), surrogates=[],
+        rows=[("A", "standard", 0), ("E", "eat", 0, {"eat.sources": ("A",)})]).table
+    config = table.table_run_config(t, t.rows[1], False, {"A": "/runs/a"})
     assert config.eat.sources == ("/runs/a",)
-    with pytest.raises(ConfigError, match="before the eat row"):
-        table._run_config(t, "eat", 0, False, {})
+    with pytest.raises(ConfigError, match=r"names \['A'\]; list those runs before it"):
+        table.table_run_config(t, t.rows[1], False, {})

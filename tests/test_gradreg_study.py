@@ -1,4 +1,4 @@
-"""The exact-vs-finite-difference study (robustgan/gradreg_study.py): oscillation measure,
+"""The exact-vs-finite-difference study (robustgan/studies/gradreg.py): oscillation measure,
 and the whole study end to end on tiny advnet runs."""
 
 import json
@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import test_game
 
-from robustgan import config as configlib
-from robustgan import gradreg_study, main
+from robustgan import main
+from robustgan.recipes import wang_yu
+from robustgan.studies import gradreg as gradreg_study
 
 
 def test_oscillation_measures_the_second_half_of_the_logged_adversarial_loss(tmp_path):
@@ -55,7 +56,7 @@ def test_study_writes_agreement_cost_and_outcome(tmp_path):
                 "advnet.gradreg": gradreg, "advnet.g_steps": 1, "model.name": "lenet5",
                 "options": gradreg}})
     """))
-    config = configlib.gradreg_study_config(
+    config = wang_yu.gradreg_study_config(
         "tiny study", str(config_file),
         rows=[("finite_difference", "advnet,finite_difference", 0),
               ("exact", "advnet,exact", 0)],
@@ -65,7 +66,7 @@ def test_study_writes_agreement_cost_and_outcome(tmp_path):
         config.study.fd_steps = (1e-1, 1e-2, 1e-3)
         config.study.cost_steps = config.study.cost_rounds = 1
     workdir = str(tmp_path / "study")
-    results = main.run(config, workdir, "table")
+    results = main.run(config, workdir, "study")
     for name in ("gradreg_study.md", "gradreg_study.json", "gradreg_agreement.png",
                  "gradreg_outcome.md", "gradreg_outcome.json"):
         assert os.path.exists(os.path.join(workdir, name)), name

@@ -16,9 +16,10 @@ import numpy as np
 import optax
 import pytest
 
-from robustgan import measures, report
+from robustgan import report
 from robustgan.attacks import common
 from robustgan.classifier import Classifier
+from robustgan.evaluate import measures
 
 N, DIM, CLASSES = 64, 12, 4
 BATCH = 32

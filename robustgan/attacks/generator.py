@@ -21,7 +21,6 @@ from tqdm import tqdm
 from robustgan import game, optim, parallel
 from robustgan.attacks import common
 from robustgan.classifier import Classifier
-from robustgan.config import base_config
 
 
 @struct.dataclass
@@ -75,7 +74,9 @@ def train_generator_attack(
     training batches are. progress: a progress bar over the steps.
     """
     if optimizer is None:
-        optimizer = optim.make_optimizer(base_config().advnet.g_optimizer, num_steps)
+        optimizer = optim.make_optimizer(optim.optimizer_config(
+            name="sgd", learning_rate=0.01, momentum=0.9, weight_decay=1e-5,
+            schedule="constant"), num_steps)
     players = game.Game(
         discriminator=_fixed,
         generator=game.TrainMode(generator),

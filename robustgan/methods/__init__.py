@@ -1,40 +1,35 @@
-"""Training methods. Each builds a `Method`: the pure functions `train.py` runs.
+"""Training methods: the registry of `MethodSpec`s, one line per method.
 
-`train.py` knows nothing method-specific: it calls `init`, then `train_step` in a loop,
-then evaluates `classifier(state)`.
+`train.py` knows nothing method-specific: it builds the Method that config.method names,
+calls `init`, then `train_step` in a loop, then evaluates `classifier(state)` (if any).
+A new method is a module here that defines its builder and spec, plus one line below
+(docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
-from typing import Any
-
-import jax
-
-from robustgan.classifier import Classifier
 from robustgan.errors import ConfigError
+from robustgan.methods import advnet, eat, supervised
+from robustgan.methods.base import Method, MethodSpec
 
-State = Any
-Metrics = dict[str, jax.Array]
-
-
-@dataclasses.dataclass(frozen=True)
-class Method:
-    """init(rng, sample_x) -> state; train_step(state, x, y, rng) -> (state, metrics);
-    classifier(state) -> the Classifier that attacks and evaluation see."""
-
-    init: Callable[[jax.Array, jax.Array], State]
-    train_step: Callable[[State, jax.Array, jax.Array, jax.Array], tuple[State, Metrics]]
-    classifier: Callable[[State], Classifier]
+REGISTRY: dict[str, MethodSpec] = {spec.name: spec for spec in (
+    supervised.STANDARD,
+    supervised.PGD_AT,
+    advnet.ADVNET,
+    eat.EAT,
+)}
 
 
-def build(config, num_classes: int) -> Method:
-    """The Method named by config.method."""
-    from robustgan.methods import advnet, eat, supervised
+def spec(name: str) -> MethodSpec:
+    """The registered method `name`, or a ConfigError listing the methods."""
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown method {name!r}; choose one of {tuple(REGISTRY)}")
+    return REGISTRY[name]
 
-    builders = {"standard": supervised.standard, "pgd_at": supervised.pgd_at,
-                "advnet": advnet.advnet, "eat": eat.eat}
-    if config.method not in builders:
-        raise ConfigError(f"unknown method {config.method!r}; choose one of {sorted(builders)}")
-    return builders[config.method](config, num_classes)
+
+def build(config, num_classes: int, runs=None) -> Method:
+    """The Method named by config.method; runs: its references' loaded runs (`runs.py`)."""
+    return spec(config.method).build(config, num_classes, runs or {})
+
+
+__all__ = ["REGISTRY", "Method", "MethodSpec", "build", "spec"]

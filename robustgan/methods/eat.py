@@ -9,38 +9,40 @@ minibatch is split into four interleaved quarters, clean / FGS / PGD / LL-FGS, s
 kind is a quarter of what the model sees. With several sources, iteration t crafts its
 examples on source t mod (number of sources), Tramèr et al.'s rotation.
 
-Sources are run directories (`config.eat.sources`) of finished runs of this project; in
-table mode a source may name another run of the table (`table.py` resolves it).
+Sources are finished runs of this project named by `config.eat.sources` (run
+references: run directories, or in a table the names of earlier rows), loaded before the
+method is built.
 """
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from robustgan import attacks
 from robustgan.classifier import Classifier
 from robustgan.errors import ConfigError
-from robustgan.methods import Method
-from robustgan.methods.supervised import _Supervised
+from robustgan.methods.base import Method, MethodSpec
+from robustgan.methods.supervised import supervised_net
 
 KINDS = 4  # clean, FGS on the predicted label, PGD, least-likely FGS
 
 
-def load_sources(paths) -> list[Classifier]:
-    """The classifiers of the finished runs in `paths`, in inference mode."""
-    from robustgan import train  # train imports methods: import here, not at the top
+def defaults() -> ml_collections.ConfigDict:
+    """config.eat: the source runs; eps and PGD settings come from config.train_attack."""
+    return ml_collections.ConfigDict({"sources": ()})
 
-    classifiers = []
-    for path in paths:
-        if not os.path.exists(os.path.join(path, "config.json")):
-            raise ConfigError(
-                f"config.eat.sources: {path!r} holds no trained run (no config.json); train "
-                "the source model there first (--mode train)")
-        classifiers.append(train.load_classifier(path))
-    return classifiers
+
+def validate(config) -> None:
+    if not config.eat.sources:
+        raise ConfigError(
+            "config.eat.sources is empty: eat trains on adversarial examples of "
+            "pre-trained undefended models; give their run directories, e.g. "
+            "--config.eat.sources='(\"runs/mnist_standard\",)'")
+    if config.batch_size % KINDS:
+        raise ConfigError(f"config.batch_size={config.batch_size}: eat splits each batch "
+                          "into 4 (clean, FGS, PGD, LL-FGS); use a multiple of 4")
 
 
 def stack_sources(sources: list[Classifier]) -> Classifier:
@@ -68,11 +70,11 @@ def ensemble_batch(source: Classifier, x, y, rng, *, eps, step_size, steps):
     ], axis=1).reshape(x.shape)
 
 
-def eat(config, num_classes: int) -> Method:
-    """The eat Method: sources from config.eat.sources; eps, PGD steps and step size from
-    config.train_attack."""
-    s = _Supervised(config, num_classes)
-    sources = stack_sources(load_sources(config.eat.sources))
+def eat(config, num_classes: int, runs) -> Method:
+    """The eat Method: sources the runs of config.eat.sources; eps, PGD steps and step
+    size from config.train_attack."""
+    s = supervised_net(config, num_classes)
+    sources = stack_sources([run.classifier() for run in runs["eat.sources"]])
     count = len(config.eat.sources)
     if sources.bounds != s.bounds:
         raise ConfigError(f"config.eat.sources take data in {sources.bounds}, this run in "
@@ -88,3 +90,7 @@ def eat(config, num_classes: int) -> Method:
         return s.sgd_step(state, x_train, y, step_rng)
 
     return Method(init=s.init, train_step=train_step, classifier=s.classifier)
+
+
+EAT = MethodSpec("eat", build=eat, defaults=defaults, validate=validate,
+                 references=("eat.sources",), resumable=("eat.sources",))

@@ -1,5 +1,5 @@
 """Exact against finite-difference gradient regularization (Wang & Yu Eqs. 8-9), the study
-`python -m robustgan.main --config configs/mnist.py:gradreg_study --mode table` runs:
+`python -m robustgan.main --config configs/mnist.py:gradreg_study --mode study` runs:
 
 1. agreement: at the checkpoints of a training run (and at its initialization), the cosine
    similarity and relative error of the finite-difference term
@@ -25,12 +25,11 @@ import statistics
 import time
 
 import jax
-import ml_collections
 import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from robustgan import checkpoint, data, game, parallel, report, table, train
+from robustgan import checkpoint, data, game, parallel, report, runs, table, train
 from robustgan.errors import ConfigError
 from robustgan.methods import advnet
 
@@ -65,15 +64,10 @@ def regularizer_agreement(players: game.Game, state, x, y, rng, fd_steps) -> lis
     return rows
 
 
-def _run_config(run_dir: str):
-    with open(os.path.join(run_dir, "config.json")) as f:
-        return ml_collections.ConfigDict(json.load(f))
-
-
 def first_minibatch(run_dir: str):
     """(config, initial state, x, y) of the advnet run in run_dir: its config.json, the
     state it started from, and its first training minibatch (scaled)."""
-    config = _run_config(run_dir)
+    config = runs.read_config(run_dir)
     if config.method != "advnet":
         raise ConfigError(f"config.study.agreement_row must name an advnet run; {run_dir} "
                           f"trained {config.method!r}")
@@ -87,7 +81,7 @@ def agreement_along_run(run_dir: str, probe, fd_steps) -> dict[int, list[dict]]:
     of the advnet run in run_dir, all on its first minibatch (probe: `first_minibatch`)."""
     config, initial, x, y = probe
     players, _, _ = advnet.players(config, config.data.num_classes)
-    ckpts = checkpoint.Checkpoints(os.path.join(run_dir, "checkpoints"), config.keep_checkpoints)
+    ckpts = checkpoint.Checkpoints(os.path.join(run_dir, runs.CHECKPOINTS), config.keep_checkpoints)
     try:
         states = {0: initial} | {step: ckpts.restore(initial, step) for step in ckpts.steps()}
     finally:
@@ -155,7 +149,7 @@ def oscillation(metrics_path: str, key: str = "adv_loss") -> dict:
             "points": int(tail.size)}
 
 
-def run_study(config, workdir: str) -> dict:
+def run(config, workdir: str) -> dict:
     """Outcome table, agreement along the chosen run, cost; writes the study files."""
     study = config.study
     outcome = table.run_table(config, workdir, output="gradreg_outcome")
@@ -180,8 +174,69 @@ def run_study(config, workdir: str) -> dict:
                "outcome": outcome, "outcome_columns": saved["columns"],
                "oscillation": swings, "device": device,
                "agreement_run": run_names[study.agreement_row]}
-    markdown = report.gradreg_study_markdown(results)
+    markdown = study_markdown(results)
     report.save_outputs(
         workdir, "gradreg_study", markdown, results,
-        lambda: report.plot_agreement(agreement, os.path.join(workdir, "gradreg_agreement.png")))
+        lambda: plot_agreement(agreement, os.path.join(workdir, "gradreg_agreement.png")))
     return results
+
+
+def plot_agreement(agreement: dict[int, list[dict]], png_path: str) -> None:
+    """Relative error and cosine similarity of the finite-difference regularizer against
+    the exact one, against h (log scale), one line per training step."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.5), dpi=120)
+    err_ax, cos_ax = fig.subplots(1, 2)
+    for step, rows in agreement.items():
+        h = [r["h"] for r in rows]
+        err_ax.loglog(h, [max(r["relative_error"], 1e-12) for r in rows], marker="o",
+                      markersize=3, label=f"step {step}")
+        cos_ax.semilogx(h, [r["cosine"] for r in rows], marker="o", markersize=3)
+    err_ax.set(xlabel="h", ylabel="||FD - exact|| / ||exact||",
+               title="finite difference vs exact H v")
+    cos_ax.set(xlabel="h", ylabel="cosine similarity", ylim=(-1.05, 1.05))
+    for ax in (err_ax, cos_ax):
+        ax.grid(alpha=0.3)
+    err_ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(png_path, format="png")
+
+
+def study_markdown(results: dict) -> str:
+    """The study as Markdown: agreement, cost, outcome
+    with the oscillation of the adversarial loss."""
+    agreement = results["agreement"]
+    steps = list(agreement)
+    hs = [r["h"] for r in agreement[steps[0]]]
+    lines = [f"## Exact vs finite-difference gradient regularization ({results['device']})",
+             "", f"### Agreement along `{results['agreement_run']}`", "",
+             "Relative error ||FD - exact|| / ||exact|| (cosine similarity) of the "
+             "finite-difference term against the exact H v, on one minibatch:", "",
+             "| step | " + " | ".join(f"h={h:.0e}" for h in hs) + " |",
+             "|---|" + "---:|" * len(hs)]
+    for step in steps:
+        cells = " | ".join(f"{r['relative_error']:.2e} ({r['cosine']:.4f})"
+                           for r in agreement[step])
+        lines.append(f"| {step} | {cells} |")
+    cost = results["cost"]
+    lines += ["", "### Cost per D step (interleaved, median)", "",
+              "| gradreg | ms / D step | / none | compile s |", "|---|---:|---:|---:|"]
+    for mode, c in cost.items():
+        lines.append(f"| {mode} | {1e3 * c['seconds']:.1f} | "
+                     f"{c['seconds'] / cost['none']['seconds']:.2f} | "
+                     f"{c['compile_seconds']:.1f} |")
+    if "exact" in cost and "finite_difference" in cost:
+        ratio = cost["exact"]["seconds"] / cost["finite_difference"]["seconds"]
+        lines.append(f"\nexact / finite_difference = {ratio:.2f}")
+    outcome = results["outcome"]
+    columns = results["outcome_columns"]
+    lines += ["", "### Outcome", "",
+              "Accuracy (%) and the oscillation of the adversarial loss over the second half "
+              "of training (mean |change| between log points; std):", "",
+              report.markdown_table(outcome, columns, "gradreg").rstrip("\n")]
+    lines += ["", "| gradreg | adv-loss mean abs change | adv-loss std |", "|---|---:|---:|"]
+    for name, swing in results["oscillation"].items():
+        lines.append(f"| {name} | {swing['mean_abs_change']:.4f} | {swing['std']:.4f} |")
+    return "\n".join(lines) + "\n"
+

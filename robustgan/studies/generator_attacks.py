@@ -2,10 +2,10 @@
 classifier, evaluated on that classifier (in effect a white-box attack) and on other
 models (in effect a black-box one: a trained G never looks at the model it is applied to).
 
-`python -m robustgan.main --config configs/mnist.py:table5 --mode table --workdir DIR`
+`python -m robustgan.main --config configs/mnist.py:table5 --mode study --workdir DIR`
 trains or reuses the classifiers as any table does (table.train_runs: the table's single
 row is the target, its surrogates the other models), trains each generator of
-config.generator_attacks against the target on the training split, and writes
+config.study.generators against the target on the training split, and writes
 DIR/generator_attacks.{md,json,png}: one row per generator after the clean accuracy, one
 column per classifier.
 """
@@ -17,9 +17,10 @@ import os
 import jax
 import jax.numpy as jnp
 
-from robustgan import data, evaluate, optim, parallel, report, table
+from robustgan import data, optim, parallel, report, table
 from robustgan.attacks.generator import train_generator_attack
-from robustgan.config import ConfigError
+from robustgan.errors import ConfigError
+from robustgan.evaluate import protocol
 from robustgan.models.generators import get_generator
 
 OUTPUT = "generator_attacks"
@@ -27,14 +28,14 @@ CLEAN_ROW = "original accuracy"
 
 
 def attack_eps(config, target_config) -> float:
-    """G's eps in [0, 1] pixel units: config.generator_attacks.eps, else the target's."""
-    return config.generator_attacks.eps or target_config.eval.eps
+    """G's eps in [0, 1] pixel units: config.study.eps, else the target's."""
+    return config.study.eps or target_config.eval.eps
 
 
 def train_attacks(config, target_config, target, dataset, mesh) -> dict:
-    """{row label: GeneratorAttack} for config.generator_attacks.generators, each trained
+    """{row label: GeneratorAttack} for config.study.generators, each trained
     against the `target` Classifier on the training split with one key per generator."""
-    g = config.generator_attacks
+    g = config.study
     x = jnp.asarray(data.scale(dataset.x_train, target_config.data.value_range))
     y = jnp.asarray(dataset.y_train)
     eps = attack_eps(config, target_config)
@@ -51,7 +52,7 @@ def train_attacks(config, target_config, target, dataset, mesh) -> dict:
     return attacks
 
 
-def run_generator_table(config, workdir: str) -> dict:
+def run(config, workdir: str) -> dict:
     """Trains or reuses the classifiers, trains the generator attacks (kept in memory
     only: a second call trains them again), writes the table.
     Returns {row (CLEAN_ROW or a generator label): {classifier name: accuracy}}."""
@@ -59,23 +60,23 @@ def run_generator_table(config, workdir: str) -> dict:
     if len(rows) != 1:
         raise ConfigError(f"a generator-attack table has one target row, got {len(rows)}: "
                           "list the other models as surrogates")
-    g = config.generator_attacks
+    g = config.study
     for _, name, width in g.generators:  # unknown names and bad widths stop before training
         get_generator(name, 2, width)
     if g.steps < 1 or g.batch_size < 1:
-        raise ConfigError("config.generator_attacks.steps and .batch_size must be at least 1")
+        raise ConfigError("config.study.steps and .batch_size must be at least 1")
     mesh = parallel.make_mesh()
-    parallel.check_batch_size(g.batch_size, mesh, "generator_attacks.batch_size")
-    trained, dataset = table.train_runs(config, workdir)
+    parallel.check_batch_size(g.batch_size, mesh, "study.batch_size")
+    trained, run_dirs, dataset = table.train_runs(config, workdir)
     target_config, target = trained[rows[0][0]]
     attacks = train_attacks(config, target_config, target, dataset, mesh)
-    x, y = evaluate.eval_split(target_config, dataset)
-    cols = {CLEAN_ROW: evaluate.Column()} | {
-        label: evaluate.Column(attack) for label, attack in attacks.items()}
+    x, y = protocol.eval_split(target_config, dataset)
+    cols = {CLEAN_ROW: protocol.Column()} | {
+        label: protocol.Column(attack) for label, attack in attacks.items()}
     by_model = {}
     for name, (run_config, classifier) in trained.items():
         print(f"[generator attacks] evaluating on {name}", flush=True)
-        by_model[name] = evaluate.accuracy_under_attacks(
+        by_model[name] = protocol.accuracy_under_attacks(
             classifier, x, y, cols, batch_size=run_config.eval.batch_size,
             value_range=run_config.data.value_range, mesh=mesh,
             rng=jax.random.key(run_config.seed + 2), progress=config.progress_bar)
@@ -93,7 +94,7 @@ def run_generator_table(config, workdir: str) -> dict:
     report.save_outputs(
         workdir, OUTPUT, markdown,
         {"title": config.table.title, "columns": models, "results": results, "paper": paper,
-         "notes": notes, "runs": {n: table.run_name(c) for n, (c, _) in trained.items()}},
+         "notes": notes, "runs": {n: os.path.basename(d) for n, d in run_dirs.items()}},
         lambda: report.table_figure(config.table.title, results, models,
                                     os.path.join(workdir, f"{OUTPUT}.png")))
     return results

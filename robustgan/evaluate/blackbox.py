@@ -8,7 +8,7 @@
   based dataset augmentation doubling the set each round.
 - `substitute_attack_accuracy`: FGSM on the substitute, scored on the oracle.
 
-Data follow evaluate.py (see `evaluate.map_batches`): uint8 pixels plus `value_range`,
+Data follow `batching.map_batches`: uint8 pixels plus `value_range`,
 or floats already in the data range with `value_range=None`. Epsilons and the
 augmentation step lambda are in [0, 1] pixel units.
 """
@@ -27,9 +27,8 @@ import optax
 from robustgan import attacks, data
 from robustgan.attacks import common
 from robustgan.classifier import Classifier
-from robustgan.evaluate import map_batches
-from robustgan.measures import AttackFn
-from robustgan.methods.supervised import _Supervised
+from robustgan.evaluate.batching import AttackFn, map_batches
+from robustgan.nets import SupervisedNet
 
 # --- transfer ---------------------------------------------------------------------------
 
@@ -62,7 +61,7 @@ def transfer_correct(
     """Per-example correctness of `target` on `attack_fn(surrogate, x, y, rng)`.
 
     AND it with other attacks' (white-box) correctness for a per-example worst case, as
-    evaluate.py's 'min'. attack_fn=None scores the clean images. With target is
+    protocol.py's 'min'. attack_fn=None scores the clean images. With target is
     surrogate this is the white-box correctness under attack_fn.
     """
     _check_compatible(target, surrogate)
@@ -78,17 +77,6 @@ def transfer_accuracy(target, surrogate, x, y, attack_fn, **kwargs) -> float:
 
 
 # --- substitute training (Papernot et al. 2017) -----------------------------------------
-
-
-class _SubstituteTrainer(_Supervised):
-    """The supervised methods' init / sgd_step / classifier, for a given module and optimizer
-    instead of a config (so the substitute trains exactly as `standard` does)."""
-
-    def __init__(self, module: nn.Module, tx: optax.GradientTransformation, num_classes: int,
-                 bounds: tuple[float, float]):
-        self.module, self.tx, self.num_classes = module, tx, num_classes
-        self.bounds = tuple(float(b) for b in bounds)
-        self.eval_batch_norm = "eval"
 
 
 @jax.jit
@@ -159,9 +147,8 @@ def train_substitute(
     if rounds < 1 or epochs_per_round < 1:
         raise ValueError(f"rounds and epochs_per_round must be >= 1, got {rounds}, "
                          f"{epochs_per_round}")
-    trainer = _SubstituteTrainer(
-        module, optimizer or optax.adam(1e-3), oracle.num_classes, oracle.bounds
-    )
+    trainer = SupervisedNet(module, optimizer or optax.adam(1e-3), oracle.num_classes,
+                            tuple(float(b) for b in oracle.bounds))
     query_rng, holdout_rng, train_rng, init_rng, aug_rng = jax.random.split(rng, 5)
     ask = functools.partial(_query, oracle, batch_size=batch_size)
     x = np.asarray(x_seed)

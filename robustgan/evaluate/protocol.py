@@ -1,7 +1,8 @@
-"""Evaluation protocol: accuracy of a Classifier under a list of attacks.
+"""Evaluation protocol: accuracy of a Classifier under a list of columns, and the
+measures every evaluation reports.
 
-Every attack sees the same examples; besides each attack's accuracy we report the
-per-example worst case ("min": correct only if it survives every attack), which is not
+Every column sees the same examples; besides each column's accuracy we report the
+per-example worst case ("min": correct only if it survives every column), which is not
 the minimum of the column accuracies.
 """
 
@@ -9,16 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from tqdm import tqdm
 
-from robustgan import attacks, data, parallel
-
-AttackFn = Callable  # (classifier, x, y, rng) -> x_adv
+from robustgan import models
+from robustgan.evaluate import blackbox, columns, measures
+from robustgan.evaluate.batching import AttackFn, map_batches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,58 +29,18 @@ class Column:
     source: str | None = None
 
 
-def white_box_attacks(eval_config) -> dict[str, AttackFn]:
-    """FGSM and PGD (L-inf, random start) at the config's eps, as Wang & Yu's Table 1."""
-    e = eval_config
-    return {
-        "fgsm": functools.partial(attacks.fgsm, eps=e.eps),
-        "pgd": functools.partial(
-            attacks.pgd, eps=e.eps, step_size=e.pgd_step_size, steps=e.pgd_steps,
-            restarts=e.pgd_restarts, random_start=True,
-        ),
-    }
-
-
-def white_box_columns(eval_config) -> dict[str, Column]:
-    """Clean, FGSM and PGD against the evaluated classifier."""
+def white_box_columns(eval_config, specs=None) -> dict[str, Column]:
+    """'clean', then the attack specs (default config.eval.attacks) against the evaluated
+    classifier."""
     return {"clean": Column()} | {
-        name: Column(fn) for name, fn in white_box_attacks(eval_config).items()
-    }
+        label: Column(fn) for label, fn in columns.white_box(eval_config, specs).items()}
 
 
-def map_batches(fn, tree, x, y, *, batch_size: int, rng, value_range=None, mesh=None,
-                progress: bool = False):
-    """Per-example outputs of the jitted `fn(tree, x_batch, y_batch, key)` over (x, y).
-
-    Batches are padded to one shape (`data.eval_batches`), so fn compiles once; only the
-    real rows come back, as numpy arrays (a pytree like fn's output). Batch i gets the
-    key fold_in(rng, i). x: uint8 pixels scaled by `value_range`, or floats in the data
-    range when value_range is None. y may be None (zeros are passed). With a mesh, tree
-    is replicated and batches are sharded as in evaluate.py.
-    """
-    x = np.asarray(x)
-    if len(x) == 0:
-        raise ValueError("no examples to evaluate")
-    if value_range is not None and x.dtype != np.uint8:
-        raise ValueError(
-            f"with value_range={tuple(value_range)} x must hold uint8 pixels, got {x.dtype}; "
-            "pass value_range=None for float inputs already in the data range"
-        )
-    y = np.zeros(len(x), np.int32) if y is None else np.asarray(y)
-    if mesh is not None:
-        parallel.check_batch_size(batch_size, mesh)
-        tree = parallel.replicate(tree, mesh)
-    outputs = []
-    batches = tqdm(data.eval_batches(x, y, batch_size), total=-(-len(x) // batch_size),
-                   disable=not progress, desc="eval", unit="batch")
-    for i, (xb, yb, mask) in enumerate(batches):
-        if value_range is not None:
-            xb = data.scale(xb, value_range)
-        if mesh is not None:
-            xb, yb = parallel.shard_batch((xb, yb), mesh)
-        out = jax.device_get(fn(tree, xb, yb, jax.random.fold_in(rng, i)))
-        outputs.append(jax.tree.map(lambda v, m=mask: np.asarray(v)[m], out))
-    return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
+def transfer_columns(eval_config, specs, surrogates) -> dict[str, Column]:
+    """'<label>(<surrogate>)' for each spec and surrogate name: crafted on the surrogate."""
+    fns = columns.white_box(eval_config, specs)
+    return {f"{label}({name})": Column(fn, name) for name in surrogates
+            for label, fn in fns.items()}
 
 
 def accuracy_under_attacks(
@@ -114,7 +72,9 @@ def accuracy_under_attacks(
 
     per_example = map_batches(correct, (classifier, sources), x, y, batch_size=batch_size,
                               rng=rng, value_range=value_range, mesh=mesh, progress=progress)
-    return {k: float(v.mean()) for k, v in per_example.items()} | {"num_examples": len(y)}
+    # In column order (the pytree round trip sorts the keys).
+    return {k: float(per_example[k].mean()) for k in [*columns, "min"]} | {
+        "num_examples": len(y)}
 
 
 def eval_split(config, dataset):
@@ -127,7 +87,7 @@ def eval_split(config, dataset):
 
 
 def evaluate(config, dataset, classifier, mesh) -> dict[str, float]:
-    """White-box clean / FGSM / PGD accuracy on the configured split."""
+    """White-box accuracy on the configured split: clean and config.eval.attacks."""
     x, y = eval_split(config, dataset)
     return accuracy_under_attacks(
         classifier, x, y, white_box_columns(config.eval), batch_size=config.eval.batch_size,
@@ -137,13 +97,18 @@ def evaluate(config, dataset, classifier, mesh) -> dict[str, float]:
 
 
 def protocol_measures(config, dataset, classifier, mesh, *, white_box_accuracy=None,
-                      transfer_accuracy=None) -> dict:
+                      transfer_accuracy=None, evaluation_examples=None,
+                      reference_eps=None) -> dict:
     """The rest of the protocol on the first `eval.measure_examples` evaluation images:
     sanity checks (flagged, never hidden), rho_2 / rho_inf (Deep Defense Eq. 7), eps_ref
     and accuracy at 0.2/0.5/1.0 eps_ref, a PGD robustness curve, and, when
-    `eval.substitute` names a model, Papernot et al.'s substitute-training black box."""
-    from robustgan import blackbox, measures, models
+    `eval.substitute` names a model, Papernot et al.'s substitute-training black box.
 
+    white_box_accuracy / transfer_accuracy: PGD and the lowest transfer accuracy over
+    the `evaluation_examples` images they were measured on, for the white-box-not-weaker
+    check. reference_eps: (name, eps_ref) of the model whose eps_ref the accuracies at
+    0.2/0.5/1.0 eps_ref are measured at (Deep Defense Sec. 4.1 fixes it on one model and
+    compares every other at that eps); None: this model's own eps_ref."""
     e = config.eval
     x, y = eval_split(config, dataset)
     x, y = x[: e.measure_examples], y[: e.measure_examples]
@@ -152,13 +117,21 @@ def protocol_measures(config, dataset, classifier, mesh, *, white_box_accuracy=N
     out = {"num_examples": len(y)}
     out["sanity"] = measures.sanity_checks(
         classifier, x, y, eps=e.eps, rng=keys[0], white_box_accuracy=white_box_accuracy,
-        transfer_accuracy=transfer_accuracy, **common)
+        transfer_accuracy=transfer_accuracy, transfer_examples=evaluation_examples, **common)
     for key, norm, rng in (("rho_2", "l2", keys[1]), ("rho_inf", "linf", keys[2])):
         out[key] = measures.rho(classifier, x, y, norm, rng=rng, max_iter=e.deepfool_steps,
                                 **common)["rho"]
-    ref = measures.eps_ref(classifier, x, y, rng=keys[3], **common)
+    ref = measures.eps_ref(classifier, x, y, rng=keys[3],
+                           fractions=() if reference_eps else measures.DEEP_DEFENSE_FRACTIONS,
+                           **common)
     out["eps_ref"] = ref["eps_ref"]
-    out["accuracy_at_eps_ref"] = {str(k): v for k, v in ref.get("accuracy", {}).items()}
+    if reference_eps is None:
+        out["eps_ref_of"], at_ref = "itself", ref.get("accuracy", {})
+    else:
+        out["eps_ref_of"], value = reference_eps
+        at_ref = {} if value != value else measures.accuracy_at_eps_ref(  # NaN: none found
+            classifier, x, y, value, rng=keys[3], **common)
+    out["accuracy_at_eps_ref"] = {str(k): v for k, v in at_ref.items()}
     pgd = measures.attack_at_eps("pgd", step_fraction=0.25, steps=e.pgd_steps,
                                  random_start=True)
     eps, acc = measures.robustness_curve(

@@ -8,7 +8,7 @@
 - `sanity_checks`: checks that an evaluation is not fooled by gradient masking (Carlini
   et al. 2019, "On evaluating adversarial robustness"; Athalye et al. 2018).
 
-Data follow evaluate.py: x holds raw uint8 pixels and `value_range` says how to scale
+Data follow `batching.map_batches`: x holds raw uint8 pixels and `value_range` says how to scale
 them (`data.scale`), batch by batch. With `value_range=None`, x is a float array already
 in the classifier's data range. Epsilons are in [0, 1] pixel units, as for the attacks.
 """
@@ -29,14 +29,11 @@ import numpy as np
 from robustgan import attacks
 from robustgan.attacks import common
 from robustgan.classifier import Classifier
-from robustgan.evaluate import AttackFn, map_batches
+from robustgan.evaluate.batching import AttackFn, map_batches
 
 AttackForEps = Callable[[jax.Array], AttackFn]  # eps (traced) -> attack
 
 DEEP_DEFENSE_FRACTIONS = (0.2, 0.5, 1.0)
-
-
-# --- batching ---------------------------------------------------------------------------
 
 
 # --- accuracy against eps ---------------------------------------------------------------
@@ -341,7 +338,8 @@ def white_box_vs_transfer_check(
 def sanity_checks(
     classifier: Classifier, x, y, *, eps: float, batch_size: int, rng, value_range=None,
     mesh=None, white_box_accuracy: float | None = None,
-    transfer_accuracy: float | None = None, pgd_steps: tuple[int, int] = (10, 20),
+    transfer_accuracy: float | None = None, transfer_examples: int | None = None,
+    pgd_steps: tuple[int, int] = (10, 20),
     unbounded_steps: int = 20, max_unbounded_accuracy: float = 0.01,
     max_zero_gradient_fraction: float = 0.0, unroll: int | None = None,
 ) -> dict[str, dict]:
@@ -349,8 +347,9 @@ def sanity_checks(
 
     'unbounded_attack' (`unbounded_attack_check`), 'more_steps' (`more_steps_check`),
     'gradients' (`gradient_check`), and 'white_box_vs_transfer' when both accuracies are
-    given. unroll: the PGD scans' unrolling (None: the attacks' default). Failures are
-    logged as warnings and stay in the result; `failed(result)` lists them.
+    given (measured over `transfer_examples` images, by default len(x)). unroll: the PGD
+    scans' unrolling (None: the attacks' default). Failures are logged as warnings and
+    stay in the result; `failed(result)` lists them.
     """
     keys = jax.random.split(rng, 3)
     common_args = dict(batch_size=batch_size, value_range=value_range, mesh=mesh)
@@ -367,7 +366,8 @@ def sanity_checks(
     }
     if white_box_accuracy is not None and transfer_accuracy is not None:
         result["white_box_vs_transfer"] = white_box_vs_transfer_check(
-            white_box_accuracy, transfer_accuracy, num_examples=len(np.asarray(x)))
+            white_box_accuracy, transfer_accuracy,
+            num_examples=transfer_examples or len(np.asarray(x)))
     for name in failed(result):
         logging.warning("sanity check %r failed: %s", name, result[name])
     return result
