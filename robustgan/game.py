@@ -131,9 +131,10 @@ def regularizer(game: Game, theta, phi, stats, x, y, rng, *, gradreg: str, fd_st
         1.41x (1.04-1.42x per D step, by players and device count; benchmarks/RESULTS.md);
       finite_difference: Eq. 9, [grad_theta F(theta, phi + h v) - grad_theta F(theta, phi)] / h
         with h = fd_step (the paper: eta_G / 10);
-      authors_code: the same difference with the opposite sign, ~ -H v, which is what the
-        authors' TF code adds (CODE_NOTES; their h was D's learning rate / 10: pass it as
-        fd_step to match).
+      authors_code: what the authors' TF code adds (CODE_NOTES): the same difference with
+        the opposite sign, ~ -H v, of the unweighted adversarial loss (lambda = 1 in both
+        v and the difference, whatever game.adv_weight); their h was D's learning rate /
+        10 (methods/advnet.fd_step passes it).
     """
     f = functools.partial(objective, game, stats=stats, x=x, y=y, rng=rng)
     grad_theta = jax.grad(f, argnums=0, has_aux=True)
@@ -146,9 +147,16 @@ def regularizer(game: Game, theta, phi, stats, x, y, rng, *, gradreg: str, fd_st
         term, _ = along(v)
     elif gradreg in ("finite_difference", "authors_code"):
         (grad, v), aux = jax.grad(f, argnums=(0, 1), has_aux=True)(theta, phi)
+        base, sign = grad, 1.0
+        if gradreg == "authors_code":
+            sign = -1.0
+            if game.adv_weight != 1.0:
+                unit = dataclasses.replace(game, adv_weight=1.0)
+                f = functools.partial(objective, unit, stats=stats, x=x, y=y, rng=rng)
+                grad_theta = jax.grad(f, argnums=0, has_aux=True)
+                (base, v), _ = jax.grad(f, argnums=(0, 1), has_aux=True)(theta, phi)
         shifted, _ = grad_theta(theta, jax.tree.map(lambda p, d: p + fd_step * d, phi, v))
-        sign = 1.0 if gradreg == "finite_difference" else -1.0
-        term = jax.tree.map(lambda a, b: sign * (a - b) / fd_step, shifted, grad)
+        term = jax.tree.map(lambda a, b: sign * (a - b) / fd_step, shifted, base)
     else:
         raise ValueError(f"gradreg must be one of {GRADREGS}, got {gradreg!r}")
     return grad, term, aux

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import tiny_config
+from jax.flatten_util import ravel_pytree
 
 from robustgan import config as configlib
 from robustgan import main, nets, train
@@ -81,6 +82,60 @@ def test_eps_ramp_scales_the_perturbation_the_game_uses(tmp_path):
         assert gap < 1e-4 if ramp else gap > 1e-3, (ramp, gap)
 
 
+def test_train_step_gives_d_the_regularized_gradient_after_g_ascends(tmp_path):
+    """One iteration by hand: G's ascent on this minibatch (which must raise the adversarial
+    loss), then one plain SGD step of D along game.d_gradient at the new phi."""
+    from robustgan import game, optim
+
+    lr, gamma = 0.1, 1.0
+    config = advnet_config(tmp_path, **{
+        "advnet.gradreg": "exact", "advnet.gamma": gamma, "advnet.d_every": 1,
+        "optimizer.name": "sgd", "optimizer.learning_rate": lr, "optimizer.momentum": 0.0,
+        "optimizer.weight_decay": 0.0, "optimizer.schedule": "constant",
+        "model.kwargs": {"use_bn": False}})
+    x = jax.random.uniform(jax.random.key(1), (8, 28, 28, 1), minval=-1.0, maxval=1.0)
+    y = jnp.arange(8) % 10
+    method = advnet.advnet(config, 10)
+    state = method.init(jax.random.key(0), x)
+    rng = jax.random.key(2)
+    new, metrics = jax.jit(method.train_step)(state, x, y, rng)
+
+    players, _, _ = advnet.players(config, 10)
+    g_tx = optim.make_optimizer(config.advnet.g_optimizer,
+                                config.num_train_steps * config.advnet.g_steps)
+    stats = ({}, state.g.batch_stats)
+    phi, _, _, _ = game.ascend_generator(players, g_tx, state.d.params, state.g.params,
+                                         state.g.opt_state, stats, x, y, rng,
+                                         steps=config.advnet.g_steps)
+    np.testing.assert_allclose(ravel_pytree(new.g.params)[0],
+                               ravel_pytree(phi)[0], rtol=1e-5, atol=1e-6)
+    adv_loss = lambda p: game.objective(players, state.d.params, p, stats, x, y,
+                                        rng)[1].metrics["adv_loss"]
+    assert float(adv_loss(phi)) > float(adv_loss(state.g.params)) + 1e-3
+    np.testing.assert_allclose(metrics["g_gain"], adv_loss(phi) - adv_loss(state.g.params),
+                               rtol=1e-4)
+
+    def d_step(gradreg):
+        grads, _ = game.d_gradient(players, state.d.params, phi, stats, x, y, rng,
+                                   gradreg=gradreg, gamma=gamma, fd_step=1e-3)
+        return jax.tree.map(lambda p, g: p - lr * g, state.d.params, grads)
+
+    flat = lambda tree: ravel_pytree(tree)[0]
+    np.testing.assert_allclose(flat(new.d.params), flat(d_step("exact")), rtol=1e-4, atol=1e-6)
+    # The regularizer matters at this gamma: the plain step lands elsewhere.
+    assert float(jnp.abs(flat(d_step("none")) - flat(d_step("exact"))).max()) > 1e-4
+
+
+def test_authors_code_takes_h_from_d_learning_rate():
+    """CODE_NOTES: the code's h is D's learning rate / 10; Eq. 9's is G's / 10."""
+    for gradreg, h in (("finite_difference", 0.002 / 10), ("authors_code", 0.1 / 10)):
+        config = load_config("cifar10.py", "advnet").copy_and_resolve_references()
+        config.advnet.gradreg = gradreg
+        assert advnet.fd_step(config) == pytest.approx(h)
+    config.advnet.fd_step = 0.5
+    assert advnet.fd_step(config) == 0.5
+
+
 def load_config(name, arg):
     spec = importlib.util.spec_from_file_location("cfg", os.path.join(CONFIGS, name))
     module = importlib.util.module_from_spec(spec)
@@ -97,6 +152,9 @@ def test_every_config_offers_advnet(path):
 
 
 def test_paper_settings_for_advnet():
+    for name in ("mnist.py", "svhn.py", "cifar10.py", "cifar100.py"):
+        paper = load_config(name, "advnet")  # Eq. 4 and the authors' code, their BN policy
+        assert (paper.advnet.clip, paper.eval.batch_norm) == (False, "batch_stats"), name
     mnist = load_config("mnist.py", "advnet")
     assert (mnist.advnet.generator, mnist.advnet.d_every, mnist.advnet.g_steps) == ("g0", 5, 5)
     assert mnist.optimizer.weight_decay == mnist.advnet.g_optimizer.weight_decay == 1e-5
@@ -118,6 +176,7 @@ def test_paper_settings_for_advnet():
     assert (cpu.advnet.g_steps, cpu.advnet.d_every, cpu.advnet.generator) == (20, 1, "g0")
     assert (cpu.advnet.gradreg, cpu.advnet.eps) == ("finite_difference", 0.3)
     assert (cpu.advnet.adv_weight, cpu.advnet.clip) == (2.0, False)
+    assert cpu.eval.batch_norm == "eval" and not cpu.model.kwargs.use_bn
     assert cpu.advnet.eps_ramp_steps == 60_000 // 64 // 8
     assert (cpu.optimizer.name, cpu.optimizer.learning_rate) == ("adam", 2e-3)
 

@@ -135,6 +135,31 @@ def test_authors_code_adds_the_negated_finite_difference_term():
     assert float(jnp.linalg.norm(fd)) > 1e-3
 
 
+def test_authors_code_uses_the_unweighted_adversarial_loss_whatever_lambda():
+    """The code's v = grad_phi CE(D(x_adv)) and (g_adv(phi) - g_adv(phi + h v)) / h carry no
+    lambda; with lambda = 3 Eq. 9's finite difference is 9x that (lambda in v and in the
+    difference)."""
+    h = 1e-3
+    with jax.enable_x64(True):
+        _, theta, phi, x, y = setup(jnp.float64)
+        weighted = game.Game(discriminator, generator, EPS, (-1.0, 1.0), adv_weight=3.0,
+                             clip=False)
+        unit = game.Game(discriminator, generator, EPS, (-1.0, 1.0), clip=False)
+
+        def adv_loss(game_, theta_, phi_):
+            return game.objective(game_, theta_, phi_, ({}, {}), x, y,
+                                  jax.random.key(0))[1].metrics["adv_loss"]
+
+        g_adv = lambda p: ravel_pytree(jax.grad(adv_loss, argnums=1)(unit, theta, p))[0]
+        v = jax.grad(adv_loss, argnums=2)(unit, theta, phi)
+        shifted = jax.tree.map(lambda p, d: p + h * d, phi, v)
+        expected = -(g_adv(shifted) - g_adv(phi)) / h
+        authors = regularizer_term(weighted, theta, phi, x, y, "authors_code", h)
+        np.testing.assert_allclose(authors, expected, rtol=1e-6, atol=1e-10)
+        fd = regularizer_term(weighted, theta, phi, x, y, "finite_difference", h)
+        np.testing.assert_allclose(fd, -9 * expected, rtol=1e-2)
+
+
 @pytest.mark.parametrize("gradreg", game.GRADREGS)
 def test_gamma_zero_gives_the_plain_gradient(gradreg):
     players, theta, phi, x, y = setup()
@@ -220,6 +245,25 @@ class BNGenerator(BNNet):
     @nn.compact
     def __call__(self, x, y=None, train=False, batch_stats=None):
         return jnp.tanh(BNNet(self.features)(x, train=train))
+
+
+def test_d_running_averages_take_the_clean_then_the_adversarial_batch():
+    """The BatchNorm policy inside F: D runs in training mode on the clean batch, then on
+    the adversarial batch, and its running mean moves with each (momentum 0.9)."""
+    d, g = BNNet(CLASSES), BNGenerator(FEATURES)
+    players = game.Game(game.TrainMode(d), game.TrainMode(g), EPS, (-1.0, 1.0), clip=False)
+    _, _, _, x, y = setup()
+    d_vars, g_vars = d.init(jax.random.key(1), x), g.init(jax.random.key(2), x)
+    stats = (d_vars["batch_stats"], g_vars["batch_stats"])
+    stats = (jax.tree.map(lambda s: s + 0.5, stats[0]), stats[1])  # not the init values
+    _, aux = game.objective(players, d_vars["params"], g_vars["params"], stats, x, y,
+                            jax.random.key(0))
+    direction, _ = game.TrainMode(g)(g_vars["params"], stats[1], x, None, rng=jax.random.key(3))
+    dense = d_vars["params"]["Dense_0"]
+    pre_bn = lambda z: (z @ dense["kernel"] + dense["bias"]).mean(0)
+    old = stats[0]["BatchNorm_0"]["mean"]
+    expected = 0.9 * (0.9 * old + 0.1 * pre_bn(x)) + 0.1 * pre_bn(x + EPS * direction)
+    np.testing.assert_allclose(aux.d_stats["BatchNorm_0"]["mean"], expected, rtol=1e-5)
 
 
 def test_batch_norm_runs_in_train_mode_and_only_aux_carries_the_averages():

@@ -74,18 +74,28 @@ def apply_cpu_recipe(c: ml_collections.ConfigDict, *, epochs: float, train_size:
     c.train_attack.eps_ramp_steps = steps_per_epoch
     if c.model.name == "d1":
         # D1 with BatchNorm reached only 87.6% PGD-10 (98.5% clean) after 3 epochs of this
-        # recipe on MNIST; without it the same recipe is the documented robust one.
+        # recipe on MNIST; without it the same recipe is the documented robust one. Without
+        # BatchNorm there are no batch statistics to evaluate with.
         c.model.kwargs = ml_collections.ConfigDict({"use_bn": False})
+        c.eval.batch_norm = "eval"
     c.checkpoint_every = steps_per_epoch // 2
 
 
 def apply_advnet_paper(c: ml_collections.ConfigDict, *, generator: str, weight_decay: float,
                        d_every: int = 1, g_adam: bool = False) -> None:
     """Wang & Yu's advnet setting (Secs. 3.2, 4): G's eps is the evaluation eps; lambda 1,
-    gamma 0.01, h = eta_G / 10, 5 ascent steps per G update (advnet's defaults); G
-    trained by SGD 0.01 momentum 0.9, or Adam 0.002 beta1 0.5 (`g_adam`, CIFAR), at a
-    constant rate; `weight_decay` for D and G alike; D updated every `d_every` iterations."""
+    gamma 0.01, h = eta_G / 10, 5 ascent steps per G update, the adversarial image not
+    clipped (Eq. 4 and the authors' code; advnet's defaults); G trained by SGD 0.01
+    momentum 0.9, or Adam 0.002 beta1 0.5 (`g_adam`, CIFAR), at a constant rate;
+    `weight_decay` for D and G alike; D updated every `d_every` iterations.
+
+    BatchNorm (D1 and D2 have it): both players run in training mode inside F, so D's
+    running averages move twice per D step, with the clean batch's statistics and then the
+    adversarial batch's (game.py). The authors never used those averages: they evaluated
+    with batch statistics, which the paper configs do too (eval.batch_norm='batch_stats';
+    `--config.eval.batch_norm=eval` evaluates with the averages instead)."""
     c.advnet.eps = c.eval.eps
+    c.eval.batch_norm = "batch_stats"
     c.advnet.generator = generator
     c.advnet.d_every = d_every
     c.optimizer.weight_decay = c.advnet.g_optimizer.weight_decay = weight_decay
@@ -124,7 +134,6 @@ def apply_advnet_cpu_recipe(c: ml_collections.ConfigDict, *, train_size: int,
     which gets 3 epochs); 2e-3 raised clean and PGD-10 accuracy together. Keeps a
     checkpoint every half epoch for the gradreg study's agreement probes."""
     apply_cpu_recipe(c, epochs=epochs, train_size=train_size, learning_rate=2e-3)
-    c.advnet.clip = False
     c.advnet.d_every = 1
     c.advnet.g_steps = 20
     c.advnet.adv_weight = 2.0

@@ -102,7 +102,7 @@ def d_step_cost(config, x, y, *, steps: int, rounds: int, modes=COST_MODES) -> d
     g_vars = generator.init({"params": jax.random.key(1), "noise": jax.random.key(2)},
                             x[:1], y[:1], train=False)
     stats = (d_state.batch_stats, g_vars.get("batch_stats", {}))
-    h = advnet.fd_step(a)
+    h = advnet.fd_step(config)
 
     def step(mode, theta, opt_state, phi, x, y, key):
         grads, aux = game.d_gradient(players, theta, phi, stats, x, y, key, gradreg=mode,
