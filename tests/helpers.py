@@ -52,3 +52,35 @@ def tiny_config(tmp_path, method="standard", steps=8, **overrides):
         node[leaf] = value
     c.lock()
     return c
+
+
+RECORDED = None
+
+
+def recorded(name: str) -> dict:
+    """What the tiny run `name` gave at commit d848632, before the platform refactor
+    (tests/recorded/d848632.json): its results and a checksum of its final state."""
+    global RECORDED
+    if RECORDED is None:
+        import json
+        import os
+
+        with open(os.path.join(os.path.dirname(__file__), "recorded", "d848632.json")) as f:
+            RECORDED = json.load(f)
+    return RECORDED["runs"][name]
+
+
+def assert_matches_recorded(name: str, results: dict, state) -> None:
+    """The run reproduces the recorded one: the same accuracies (to one example of the
+    64, for float round-off on other CPUs) and the same final state (per-leaf sum and
+    sum of squares, to 1e-3)."""
+    import jax
+
+    expected = recorded(name)
+    for key, value in expected["results"].items():
+        assert abs(results[key] - value) <= 1 / 64 + 1e-9, (name, key, results[key], value)
+    leaves = [np.asarray(leaf, np.float64) for leaf in jax.tree.leaves(jax.device_get(state))
+              if np.issubdtype(np.asarray(leaf).dtype, np.floating)]
+    checksum = [[leaf.sum(), (leaf ** 2).sum()] for leaf in leaves]
+    np.testing.assert_allclose(checksum, expected["checksum"], rtol=1e-3, atol=1e-6,
+                               err_msg=name)

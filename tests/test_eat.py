@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import assert_matches_recorded, tiny_config
 
 from robustgan import attacks, main, runs, table
 from robustgan import config as configlib
@@ -53,10 +53,12 @@ def test_stack_sources_rotates_over_same_architecture_models():
 
 def test_eat_trains_on_a_pretrained_source_end_to_end(tmp_path):
     source_dir = str(tmp_path / "source")
-    main.run(tiny_config(tmp_path, "standard", steps=4), source_dir, "train")
+    source = main.run(tiny_config(tmp_path, "standard", steps=4), source_dir, "train")
+    assert_matches_recorded("eat_source", source, runs.load_run(source_dir).state)
     config = tiny_config(tmp_path, "eat", steps=4, **{"eat.sources": (source_dir, source_dir)})
     results = main.run(config, str(tmp_path / "eat"), "train")
-    assert 0.0 <= results["pgd"] <= results["clean"] <= 1.0
+    # The sources load through runs.load_run now; the run is the one recorded before.
+    assert_matches_recorded("eat", results, runs.load_run(str(tmp_path / "eat")).state)
 
 
 def _eat_config(batch_size=16, sources=()):

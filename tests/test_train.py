@@ -11,10 +11,11 @@ import time
 import jax
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import assert_matches_recorded, tiny_config
 
-from robustgan import checkpoint, main, train
+from robustgan import checkpoint, main, runs, train
 from robustgan.errors import CheckpointError, ConfigError, DivergenceError
+from robustgan.evaluate import measures as measures_lib
 
 
 def _params(workdir, config):
@@ -27,15 +28,16 @@ def test_train_then_evaluate_writes_every_artifact(tmp_path, method):
     config = tiny_config(tmp_path, method, steps=6)
     workdir = str(tmp_path / "run")
     results = main.run(config, workdir, "train")
-    for key in ("clean", "fgsm", "pgd", "min"):
-        assert 0.0 <= results[key] <= 1.0
-    assert results["min"] <= min(results["clean"], results["fgsm"], results["pgd"])
+    # The same numbers and final state as before the platform refactor.
+    assert_matches_recorded(method, results, runs.load_run(workdir).state)
+    assert list(results) == ["clean", "fgsm", "pgd", "min", "num_examples"]
     assert results["num_examples"] == 64
     for name in (
         "results.json",
         "results.md",
         "metrics.jsonl",
         "config.json",
+        "run.json",
         "training_curves.png",
     ):
         assert os.path.exists(os.path.join(workdir, name)), name
@@ -45,6 +47,15 @@ def test_train_then_evaluate_writes_every_artifact(tmp_path, method):
     assert "| No noise | FGS | PGD | Min |" in open(os.path.join(workdir, "results.md")).read()
     # --mode eval reads the same checkpoint back and reproduces the numbers.
     assert main.run(config, workdir, "eval") == results
+    # ... and evaluates whichever columns config.eval.attacks names.
+    wider = config.copy_and_resolve_references()
+    wider.eval.attacks = ("fgsm", "pgd", "p3=pgd(steps=3)")
+    more = main.run(wider, workdir, "eval")
+    assert list(more) == ["clean", "fgsm", "pgd", "p3", "min", "num_examples"]
+    assert {k: more[k] for k in results if k != "min"} == {
+        k: v for k, v in results.items() if k != "min"}
+    assert more["min"] <= results["min"]
+    assert "| No noise | FGS | PGD | p3 | Min |" in open(os.path.join(workdir, "results.md")).read()
 
 
 def test_standard_training_learns_the_toy_task(tmp_path):
@@ -131,7 +142,7 @@ _TRAIN_SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
     import pathlib
-    from helpers import tiny_config
+    from helpers import assert_matches_recorded, tiny_config
     from robustgan import train
     config = tiny_config(pathlib.Path({tmp!r}), "pgd_at", steps=24, checkpoint_every=3)
     train.train(config, {workdir!r})
@@ -194,26 +205,23 @@ def test_table_mode_trains_runs_and_lays_out_white_and_transfer_columns(tmp_path
     config = configlib.table_config(
         "tiny",
         str(config_file),
-        rows=[("std", "standard", 0), ("adv", "pgd_at", 0)],
+        # "std pgd-3" differs from "std" in evaluation only: it reuses std's run.
+        rows=[("std", "standard", 0), ("adv", "pgd_at", 0),
+              ("std pgd-3", "standard", 0, {"eval.pgd_steps": 3, "eval.measures": False})],
         surrogates=[("S'", "standard", 1)],
         paper={"std": (99.0, 20.0)},
+        eps_ref_row="adv",
     )
     with config.unlocked():
         config.progress_bar = False
     workdir = str(tmp_path / "table")
     results = main.run(config, workdir, "table")
-    assert set(results) == {"std", "adv"}
-    assert set(results["adv"]) == {
-        "clean",
-        "fgsm",
-        "pgd",
-        "fgsm(S')",
-        "pgd(S')",
-        "min",
-        "num_examples",
-    }
+    assert list(results) == ["std", "adv", "std pgd-3"]
+    assert list(results["adv"]) == [
+        "clean", "fgsm", "pgd", "fgsm(S')", "pgd(S')", "min", "num_examples"]
     for row in results.values():
         assert row["min"] <= min(v for k, v in row.items() if k not in ("min", "num_examples"))
+    assert results["std pgd-3"]["clean"] == results["std"]["clean"]
     assert sorted(os.listdir(workdir)) == [
         "pgd_at_seed0",
         "standard_seed0",
@@ -224,17 +232,39 @@ def test_table_mode_trains_runs_and_lays_out_white_and_transfer_columns(tmp_path
         "table_curves.png",
     ]
     saved = json.load(open(os.path.join(workdir, "table.json")))
-    assert "white_box_vs_transfer" in saved["measures"]["adv"]["sanity"]
+    assert saved["runs"]["std pgd-3"] == saved["runs"]["std"] == "standard_seed0"
+    measures = saved["measures"]
+    assert set(measures) == {"std", "adv"}
+    # Protocol fix: white box against transfer is judged over the 64 evaluated images,
+    # not the 32 measure images.
+    check = measures["adv"]["sanity"]["white_box_vs_transfer"]
+    p = check["transfer_accuracy"]
+    assert check["tolerance"] == pytest.approx(2 * max(np.sqrt(p * (1 - p) / 64), 1 / 64))
+    # Protocol fix: every row's accuracy at 0.2/0.5/1.0 eps_ref is at adv's eps_ref.
+    assert (measures["adv"]["eps_ref_of"], measures["std"]["eps_ref_of"]) == ("itself", "adv")
+    assert measures["adv"]["accuracy_at_eps_ref"]["1.0"] <= 0.5
+    tiny = np.load(tmp_path / "tiny.npz")
+    x, y = tiny["x_test"][:32], tiny["y_test"][:32]
+    std = runs.load_run(os.path.join(workdir, "standard_seed0")).classifier()
+    key = jax.random.split(jax.random.key(3), 6)[3]  # protocol_measures' eps_ref key, seed 0
+    at_adv_eps = measures_lib.accuracy_at_eps_ref(
+        std, x, y, measures["adv"]["eps_ref"], rng=key, batch_size=32, value_range=(-1.0, 1.0))
+    assert measures["std"]["accuracy_at_eps_ref"] == {str(k): v for k, v in at_adv_eps.items()}
     text = open(os.path.join(workdir, "table.md")).read()
     assert "| model | No noise | FGS | PGD | FGS(S') | PGD(S') | Min |" in text
     assert "| std | 99.00 | 20.00 |" in text  # the paper's row beside ours
-    # A second call reuses the finished runs (no training steps) and gives the same table.
+    assert "at 0.2/0.5/1.0 of the eps_ref of adv" in text
+    # A second call reuses the finished runs: no training steps.
     log = os.path.join(workdir, "standard_seed0", "metrics.jsonl")
     logged = open(log).read()
-    assert table.run_table(config, workdir) == results
+    table.train_runs(config, workdir)
     assert open(log).read() == logged
     with pytest.raises(ConfigError, match="table config"):
         main.run(config, workdir, "train")
+    # An override that changes training gets a run of its own.
+    run = ("fast", "standard", 0, (("optimizer.learning_rate", 0.01),))
+    name = table.run_name(table.table_run_config(config.table, run, False, {}), run[3])
+    assert name.startswith("standard_seed0_") and len(name) == len("standard_seed0_") + 8
 
 
 def test_evaluation_reports_protocol_measures_and_flags_failures(tmp_path):

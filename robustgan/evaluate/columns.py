@@ -35,6 +35,8 @@ from robustgan.errors import ConfigError
 
 # Named attacks beyond the registry's: (registry attack, fixed settings).
 VARIANTS = {"pgd_margin": ("pgd", {"loss": "margin"})}
+# Attacks that pass their keyword settings on to another function.
+SETTINGS_OF = {"deepfool": attacks.deepfool_perturbation}
 WRAPPERS = ("bpda", "eot")
 _LABEL = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_\-]*)\s*=\s*(.+)$")
 
@@ -126,7 +128,7 @@ def attack(name: str, eval_config, *, spec: str | None = None, **settings) -> Ca
     if base not in attacks.ATTACKS:
         raise ConfigError(f"attack spec {spec!r}: unknown attack {name!r}; choose one of "
                           f"{names()} or wrap one in {WRAPPERS}")
-    fn = attacks.ATTACKS[base]
+    fn = SETTINGS_OF.get(base, attacks.ATTACKS[base])
     target = fn.func if isinstance(fn, functools.partial) else fn
     target = getattr(target, "__wrapped__", target)
     allowed = set(inspect.signature(target).parameters) - {"classifier", "x", "y", "rng"}
