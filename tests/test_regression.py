@@ -36,6 +36,12 @@ def load(spec):
         os.chdir(cwd)
 
 
+@pytest.fixture(autouse=True)
+def as_recorded(monkeypatch):
+    """The record was made without ROBUSTGAN_DATA_DIR, which picks local data copies."""
+    monkeypatch.delenv("ROBUSTGAN_DATA_DIR", raising=False)
+
+
 @pytest.mark.parametrize("spec", sorted(set(CONFIGS) - TABLES))
 def test_run_configs_are_as_recorded_but_for_the_protocol_fixes(spec):
     old, new = CONFIGS[spec], flat(load(spec))
