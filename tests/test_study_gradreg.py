@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import test_game
 
-from robustgan import main
+from robustgan import main, runs
+from robustgan.methods import advnet
 from robustgan.recipes import wang_yu
 from robustgan.studies import gradreg as gradreg_study
 
@@ -74,7 +75,17 @@ def test_study_writes_agreement_cost_and_outcome(tmp_path):
     assert sorted(results["agreement"], key=int) == ["0", "4", "8"]
     for rows in results["agreement"].values():
         assert [r["h"] for r in rows] == [1e-1, 1e-2, 1e-3]
-        assert all(np.isfinite(r["relative_error"]) and -1 <= r["cosine"] <= 1 for r in rows)
+    # The rows at step 4 are the agreement of that checkpoint's terms on the first minibatch.
+    run_dir = os.path.join(workdir, json.load(open(os.path.join(
+        workdir, "gradreg_outcome.json")))["runs"]["finite_difference"])
+    run = runs.load_run(run_dir, step=4)
+    probe_config, _, x, y = gradreg_study.first_minibatch(run_dir)
+    players, _, _ = advnet.players(probe_config, 10)
+    again = gradreg_study.regularizer_agreement(
+        players, run.state, x, y, jax.random.key(probe_config.seed), (1e-1, 1e-2, 1e-3))
+    for key in ("h", "cosine", "relative_error"):
+        np.testing.assert_allclose([r[key] for r in again],
+                                   [r[key] for r in results["agreement"]["4"]], rtol=1e-4)
     assert set(results["cost"]) == {"none", "exact", "finite_difference"}
     assert all(c["seconds"] > 0 for c in results["cost"].values())
     assert set(results["outcome"]) == set(results["oscillation"]) == {"finite_difference",
