@@ -1,6 +1,6 @@
 """Adaptive attacks on defenses (Athalye, Carlini & Wagner 2018, "Obfuscated gradients give a
 false sense of security"): BPDA and EOT as wrappers that return a new Classifier, so every
-attack runs on them unchanged.
+attack runs on them unchanged (EOT's loss averaging lives in `common.attack_objective`).
 
 A defended classifier whose front-end BPDA should bypass is built with `with_front_end`:
 its apply is `model(front_end(x))`, and its variables are {'front_end': ..., 'model': ...}.
@@ -107,22 +107,29 @@ def bpda(classifier: Classifier, surrogate_apply: FrontEndFn | None = None) -> C
 
 @dataclasses.dataclass(frozen=True)
 class EOTApply:
-    """apply_fn averaging a random classifier's logits over `samples` draws of its rng."""
+    """apply_fn of a random classifier under EOT: one draw of `apply_fn` per rng, and the
+    number of `draws` that attacks average their loss over (`common.attack_objective`)."""
 
     apply_fn: ApplyFn
-    samples: int
+    draws: int
 
     def __call__(self, variables, x, rng=None):
         if rng is None:
             raise ValueError("an eot classifier needs an rng: pass one to the attack")
-        keys = jax.random.split(rng, self.samples)
-        return jax.vmap(lambda key: self.apply_fn(variables, x, key))(keys).mean(axis=0)
+        return self.apply_fn(variables, x, rng)
 
 
 def eot(classifier: Classifier, samples: int) -> Classifier:
-    """Expectation over Transformation (Athalye et al. 2018, Sec. 4.3): logits averaged over
-    `samples` independent draws of the classifier's randomness, so input gradients are
-    averages over the draws."""
+    """Expectation over Transformation (Athalye et al. 2018, Sec. 4.3): the same random
+    classifier, whose attack loss (`common.attack_objective`) every loss-based attack
+    (FGSM, PGD, APGD, C&W, random search) averages over `samples` independent draws of
+    its randomness, so the input gradient is the mean of the per-draw gradients.
+
+    Its logits are one draw of the classifier (the key decides which): success, the
+    best iterate and restarts are judged on the randomized model itself, never on
+    averaged logits. DeepFool, which follows logits rather than a loss, sees one draw
+    per step.
+    """
     if not (isinstance(samples, int) and samples >= 1):
         raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
     return dataclasses.replace(classifier, apply_fn=EOTApply(classifier.apply_fn, samples))

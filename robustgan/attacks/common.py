@@ -190,16 +190,41 @@ def model_logits(classifier: Classifier, x: jax.Array, rng=None) -> jax.Array:
     return conv_friendly(classifier.apply_fn)(classifier.variables, x, rng)
 
 
+def attack_objective(classifier, loss_fn, x, labels, rng):
+    """Per-example `loss_fn(logits, labels)` and the logits an attack judges success on.
+
+    For an EOT classifier (`attacks.eot`: its apply_fn has a `draws` count and gives one
+    draw of a random classifier per key) the loss is the mean of the per-draw losses
+    over `draws` keys split from rng, so its gradient is the mean of the per-draw
+    gradients (Athalye et al. 2018, Sec. 4.3), and the logits are one draw (the first): the
+    randomized model itself decides what fools it. Otherwise one evaluation at rng.
+    """
+    draws = getattr(classifier.apply_fn, "draws", None)
+    if draws is None:
+        logits = model_logits(classifier, x, rng)
+        return loss_fn(logits, labels), logits
+    if rng is None:
+        raise ValueError("an eot classifier needs an rng: pass one to the attack")
+
+    def one_draw(key):
+        logits = model_logits(classifier, x, key)
+        return loss_fn(logits, labels), logits
+
+    losses, logits = jax.vmap(one_draw)(jax.random.split(rng, draws))
+    return losses.mean(axis=0), logits[0]
+
+
 def loss_and_input_grad(classifier, loss_fn, x, labels, rng, sign=1.0):
-    """Per-example `sign * loss`, its gradient with respect to the input, and the logits.
+    """Per-example `sign * loss`, its gradient with respect to the input, and the logits
+    (`attack_objective`'s: averaged over draws for an EOT classifier).
 
     Each example's loss depends only on its own input (eval-mode models), so the
     gradient of the sum is the stack of per-example gradients.
     """
 
     def total(x_):
-        logits = model_logits(classifier, x_, rng)
-        per_example = sign * loss_fn(logits, labels)
+        loss, logits = attack_objective(classifier, loss_fn, x_, labels, rng)
+        per_example = sign * loss
         return per_example.sum(), (per_example, logits)
 
     (_, (per_example, logits)), grad = jax.value_and_grad(total, has_aux=True)(x)

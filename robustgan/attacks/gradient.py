@@ -142,10 +142,10 @@ def pgd(
 
     def scored_run(run_rng) -> common.Best:
         x_adv, best, model_rng = one_run(run_rng)
-        logits = classifier.logits(x_adv, common.step_key(model_rng, steps))
-        return common.update_best(
-            best, x_adv, common.fooled(logits, y, targeted), sign * loss_fn(logits, y)
+        value, logits = common.attack_objective(
+            classifier, loss_fn, x_adv, y, common.step_key(model_rng, steps)
         )
+        return common.update_best(best, x_adv, common.fooled(logits, y, targeted), sign * value)
 
     if restarts == 1 and not keep_best:
         return lax.stop_gradient(one_run(rng)[0])

@@ -167,13 +167,16 @@ def cw_l2(
 
     w0 = jnp.arctanh(jnp.clip((x - low) / scale * 2 - 1, -1 + 1e-6, 1 - 1e-6))
 
+    def hinge(logits, labels):  # f_6; its advantage sign * margin > kappa: fooled
+        return jnp.maximum(confidence - sign * common.margin(logits, labels), 0.0)
+
     def objective(w, const, step_rng):
         x_adv = to_image(w)
         l2 = jnp.sum((x_adv - x).reshape(n, -1) ** 2, axis=1)
-        logits = common.model_logits(classifier, x_adv, step_rng)  # fast gradients on CPU
-        advantage = sign * common.margin(logits, y)  # > kappa: fooled
-        f = jnp.maximum(confidence - advantage, 0.0)
-        return jnp.sum(l2 + const * f), (x_adv, l2, advantage > confidence)
+        # f averaged over draws under EOT; success judged on one draw (its logits).
+        f, logits = common.attack_objective(classifier, hinge, x_adv, y, step_rng)
+        success = sign * common.margin(logits, y) > confidence
+        return jnp.sum(l2 + const * f), (x_adv, l2, success)
 
     def search_round(carry, search_step):
         const, lower, upper, best_l2, best_x = carry
