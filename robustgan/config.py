@@ -95,7 +95,9 @@ def base_config() -> ml_collections.ConfigDict:
     # The rest of the protocol (evaluate.protocol_measures), on the first images only.
     c.eval.measures = True
     c.eval.measure_examples = 500
-    c.eval.deepfool_steps = 10
+    # DeepFool's steps for rho (clipped to the image range, and the paper's unclipped):
+    # enough to converge; the loop stops once every image is fooled.
+    c.eval.deepfool_steps = 50
     c.eval.curve_eps_fractions = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
     # Substitute black box (Papernot et al., as Defense-GAN): a model name ('' = skip),
     # seeded with the first `substitute_seed_size` evaluation images.

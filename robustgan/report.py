@@ -112,21 +112,32 @@ def sanity_summary(checks: dict[str, dict]) -> str:
 
 
 def measures_markdown(rows: dict[str, dict]) -> str:
-    """The protocol measures of each model as one Markdown table."""
+    """The protocol measures of each model as one Markdown table; every rho with the
+    fraction of images DeepFool fooled beside it."""
+
+    def rho(m, key):
+        return f"{m[key]:.4f} ({100 * m[f'{key}_fooled_fraction']:.0f}%)"
+
     lines = ["| model | rho_2 | rho_inf | eps_ref | acc @ 0.2/0.5/1.0 eps_ref | "
-             "substitute FGS | sanity checks |", "|---|---:|---:|---:|---|---:|---|"]
+             "substitute FGS | sanity checks | rho_2 unclipped | rho_inf unclipped |",
+             "|---|---:|---:|---:|---|---:|---|---:|---:|"]
     for name, m in rows.items():
         at_ref = "/".join(f"{100 * v:.1f}" for v in m["accuracy_at_eps_ref"].values()) or "-"
         sub = f"{100 * m['substitute']['fgsm_accuracy']:.2f}" if "substitute" in m else "-"
-        lines.append(f"| {name} | {m['rho_2']:.4f} | {m['rho_inf']:.4f} | {m['eps_ref']:.4f} | "
-                     f"{at_ref} | {sub} | {sanity_summary(m['sanity'])} |")
+        lines.append(f"| {name} | {rho(m, 'rho_2')} | {rho(m, 'rho_inf')} | "
+                     f"{m['eps_ref']:.4f} | {at_ref} | {sub} | {sanity_summary(m['sanity'])} | "
+                     f"{rho(m, 'rho_2_unclipped')} | {rho(m, 'rho_inf_unclipped')} |")
     first = next(iter(rows.values()))
     references = {m["eps_ref_of"] for m in rows.values()} - {"itself"}
     at = (f"the eps_ref of {', '.join(sorted(references))}" if references
           else "each model's own eps_ref")
     return (f"Protocol measures on the first {first['num_examples']} evaluation images "
-            f"(rho: DeepFool perturbation norm over image norm, pixel units; accuracy "
-            f"under FGS at 0.2/0.5/1.0 of {at}):\n\n" + "\n".join(lines) + "\n")
+            f"(rho: DeepFool perturbation norm over image norm, pixel units, DeepFool "
+            f"clipping every iterate to the image range; unclipped: the paper's DeepFool, "
+            f"whose iterates may leave it; in parentheses the images DeepFool fooled within "
+            f"{first['deepfool_steps']} steps, below 100% rho underestimates; substitute "
+            f"FGS on the substitute's predicted labels; accuracy under FGS at 0.2/0.5/1.0 "
+            f"of {at}):\n\n" + "\n".join(lines) + "\n")
 
 
 def plot_curves(

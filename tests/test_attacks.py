@@ -15,9 +15,9 @@ import numpy as np
 import optax
 import pytest
 
-from robustgan import attacks
+from robustgan import attacks, models
 from robustgan.attacks import autopgd, common
-from robustgan.classifier import Classifier
+from robustgan.classifier import Classifier, ModelApply
 
 N, DIM, CLASSES = 128, 12, 4
 EPS = 0.1
@@ -31,13 +31,15 @@ SETTINGS = {  # what every test runs each attack with (eps may vary: it is trace
     "apgd_dlr": dict(eps=EPS, steps=10, unroll=1),
     "cw_l2": dict(steps=200, binary_steps=8, learning_rate=0.02, initial_const=0.1, unroll=1),
     "deepfool": dict(max_iter=10, unroll=1),
+    "random_search": dict(eps=EPS, samples=10, unroll=1),
 }
 
 
-def run(name, classifier, x, y, seed=0, **overrides):
-    """Attack `name` with SETTINGS[name], some of them overridden."""
+def run(name, classifier, x, y, seed=0, *, rng=None, **overrides):
+    """Attack `name` with SETTINGS[name], some of them overridden, with the key rng or
+    key(seed)."""
     attack = attacks.make_attack(name, **{**SETTINGS[name], **overrides})
-    return attack(classifier, x, y, jax.random.key(seed))
+    return attack(classifier, x, y, jax.random.key(seed) if rng is None else rng)
 
 
 def linear_apply(variables, x, rng=None):
@@ -177,7 +179,8 @@ def test_rand_fgsm_is_a_random_sign_step_then_an_fgsm_step():
 BALL_CASES = [
     (name, "linf", (0.0, 1.0))
     for name in ("fgsm", "fgsm_predicted", "ll_fgs", "rand_fgsm", "pgd", "apgd_ce", "apgd_dlr")
-] + [("pgd", "l2", (0.0, 1.0)), ("apgd_ce", "l2", (-1.0, 1.0)), ("pgd", "linf", (-1.0, 1.0))]
+] + [("pgd", "l2", (0.0, 1.0)), ("apgd_ce", "l2", (-1.0, 1.0)), ("pgd", "linf", (-1.0, 1.0))] + [
+    ("random_search", "linf", (0.0, 1.0)), ("random_search", "l2", (-1.0, 1.0))]
 
 
 @pytest.mark.parametrize("name, norm, bounds", BALL_CASES)
@@ -210,6 +213,28 @@ def test_pgd_with_restarts_is_at_least_as_strong_as_rand_fgsm():
     pgd_acc = accuracy(clf, run("pgd", clf, x, y, restarts=3, keep_best=True), y)
     assert pgd_acc <= min(rand_fgsm_acc, accuracy(clf, run("fgsm", clf, x, y), y))
     assert pgd_acc < accuracy(clf, x, y) - 0.3
+
+
+@pytest.mark.parametrize("keep_best", [False, True])
+def test_pgd_restarts_keep_each_examples_best_restart(keep_best):
+    clf = trained_mlp()
+    x, y = eval_data()
+    settings = dict(keep_best=keep_best, step_size=EPS / 8)  # small steps: restarts differ
+    restarts = 4
+    combined = run("pgd", clf, x, y, seed=0, restarts=restarts, **settings)
+    # Each restart on its own, with the key common.best_of_restarts gives it.
+    keys = jax.random.split(jax.random.key(0), restarts)
+    singles = [run("pgd", clf, x, y, rng=k, **settings) for k in keys]
+    fooled = jnp.stack([clf.logits(s).argmax(-1) != y for s in singles])
+    loss = jnp.stack([common.cross_entropy(clf.logits(s), y) for s in singles])
+    assert jnp.any(fooled.any(0) & ~fooled.all(0))  # restarts disagree on some examples
+    assert jnp.any(~fooled.any(0))  # and none fools some others
+    combined_fooled = clf.logits(combined).argmax(-1) != y
+    np.testing.assert_array_equal(combined_fooled, fooled.any(0))
+    combined_loss = common.cross_entropy(clf.logits(combined), y)
+    assert jnp.all(combined_fooled | (combined_loss >= loss.max(0) - 1e-6))
+    # Each example's result is one of its restarts' results.
+    assert jnp.all(jnp.stack([jnp.all(combined == s, axis=1) for s in singles]).any(0))
 
 
 def test_pgd_drives_a_trained_linear_model_to_zero_at_large_eps():
@@ -265,6 +290,41 @@ def test_dlr_loss_closed_form():
 
 
 # --- plumbing: gradients, tracing, registry, bad inputs ---------------------------------
+
+
+@pytest.mark.parametrize("name", ["d1", "lenet5"])
+def test_model_logits_gives_the_plain_input_gradient_of_a_conv_net(name):
+    module = models.get_model(name, 10)
+    variables = module.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    clf = Classifier(ModelApply(module), variables, (0.0, 1.0), 10)
+    x = jax.random.uniform(jax.random.key(1), (8, 28, 28, 1))
+    labels = jnp.arange(8) % 10
+
+    def input_grad(logits_fn):
+        return jax.jit(jax.grad(lambda x_: common.cross_entropy(logits_fn(x_), labels).sum()))(x)
+
+    plain = input_grad(clf.logits)
+    assert float(jnp.abs(plain).max()) > 0
+    # Bit for bit: the restated convolutions run the same kernels on the same numbers.
+    chex.assert_trees_all_equal(input_grad(lambda x_: common.model_logits(clf, x_)), plain)
+
+
+def test_random_search_keeps_the_best_sample_as_update_best_ranks_them():
+    clf = trained_mlp()
+    x, y = eval_data()
+    rng = jax.random.key(5)
+    x_best = run("random_search", clf, x, y, rng=rng, eps=0.2)
+    # The samples, drawn as random_search draws them: key i -> (point key, model key).
+    samples = [
+        jnp.clip(x + common.random_in_ball(jax.random.split(k)[0], x.shape, 0.2, "linf"), 0, 1)
+        for k in jax.random.split(rng, SETTINGS["random_search"]["samples"])
+    ]
+    fooled = jnp.stack([clf.logits(s).argmax(-1) != y for s in samples])
+    loss = jnp.stack([common.cross_entropy(clf.logits(s), y) for s in samples])
+    assert jnp.any(fooled.any(0) & ~fooled.all(0)) and jnp.any(~fooled.any(0))
+    # The highest loss among the samples that fool, else among all.
+    best = jnp.argmax(jnp.where(fooled.any(0) & ~fooled, -jnp.inf, loss), 0)
+    chex.assert_trees_all_close(x_best, jnp.stack(samples)[best, jnp.arange(N)], atol=1e-6)
 
 
 def test_pgd_result_carries_no_gradient_to_the_model():

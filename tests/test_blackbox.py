@@ -11,7 +11,6 @@ import pytest
 from test_measures import (
     BATCH,
     MLP,
-    N,
     accuracy,
     blobs,
     eval_data,
@@ -77,10 +76,41 @@ def test_per_example_transfer_combines_into_a_worst_case():
     args = dict(batch_size=BATCH, rng=key())
     transfer = blackbox.transfer_correct(target, surrogate, x, y, PGD, **args)
     white = blackbox.transfer_correct(target, target, x, y, PGD, **args)
-    worst = transfer & white
-    assert transfer.shape == (N,) and worst.mean() <= min(transfer.mean(), white.mean())
+    # Crafted on the surrogate, judged on the target (PGD without a random start ignores
+    # the key, and each example is attacked on its own).
+    for crafter, correct in ((surrogate, transfer), (target, white)):
+        direct = np.asarray(target.logits(PGD(crafter, x, y, key())).argmax(-1) == y)
+        np.testing.assert_array_equal(correct, direct)
+    assert transfer.mean() > white.mean() + 0.2  # the transfer attack is the weaker one
+    columns = {"pgd": protocol.Column(PGD), "pgd(s)": protocol.Column(PGD, source="s")}
+    both = protocol.accuracy_under_attacks(
+        target, x, y, columns, batch_size=BATCH, value_range=None, mesh=parallel.make_mesh(1),
+        rng=key(), sources={"s": surrogate}, progress=False,
+    )
+    assert both["min"] == pytest.approx(np.mean(transfer & white))
     with pytest.raises(ValueError, match="one data range"):
         blackbox.transfer_correct(target, linear_classifier(bounds=(-1.0, 1.0)), x, y, FGSM, **args)
+
+
+def test_substitute_fgsm_attacks_the_substitutes_predicted_labels_by_default():
+    oracle = trained_mlp()
+    substitute = linear_classifier(seed=3)  # a poor substitute: it mispredicts many images
+    x, y = eval_data()
+    mispredicted = np.asarray(substitute.logits(x).argmax(-1)) != y
+    assert 0.2 < mispredicted.mean() < 0.9
+    args = dict(batch_size=BATCH, rng=key())
+    default = blackbox.substitute_attack_correct(oracle, substitute, x, y, eps=0.2, **args)
+    on_predicted, on_true = (
+        blackbox.transfer_correct(oracle, substitute, x, y, functools.partial(fgsm, eps=0.2),
+                                  **args)
+        for fgsm in (attacks.fgsm_predicted, attacks.fgsm)
+    )
+    np.testing.assert_array_equal(default, on_predicted)
+    assert np.any(default != on_true)  # the true labels would give other examples...
+    np.testing.assert_array_equal(default[~mispredicted], on_true[~mispredicted])  # ...there
+    true_labels = blackbox.substitute_attack_correct(
+        oracle, substitute, x, y, eps=0.2, predicted_labels=False, **args)
+    np.testing.assert_array_equal(true_labels, on_true)
 
 
 def test_substitute_training_improves_agreement_with_the_oracle_across_rounds():
@@ -109,10 +139,6 @@ def test_substitute_training_improves_agreement_with_the_oracle_across_rounds():
     args = dict(eps=0.1, batch_size=64, rng=key())
     attacked = blackbox.substitute_attack_accuracy(oracle, substitute, x_holdout, y_holdout, **args)
     assert attacked < accuracy(oracle, x_holdout, y_holdout) - 0.2
-    predicted = blackbox.substitute_attack_correct(
-        oracle, substitute, x_holdout, y_holdout, predicted_labels=True, **args
-    )
-    assert predicted.shape == (256,) and predicted.mean() < accuracy(oracle, x_holdout, y_holdout)
 
 
 def test_a_defense_gan_substitute_model_trains_on_uint8_images():

@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from test_attacks_minimal import boxed_binary_model, minimal_in_box
 
-from robustgan import report
+from robustgan import attacks, report
 from robustgan.attacks import common
 from robustgan.classifier import Classifier
 from robustgan.evaluate import measures
@@ -146,6 +147,20 @@ def test_rho_true_label_mode_and_value_range_independence():
         measures.rho(clf, x, None, batch_size=BATCH, label="true")
 
 
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_rho_with_clipped_deepfool_is_the_distance_to_a_valid_image(norm):
+    clf, x, v, b = boxed_binary_model()  # the unclipped DeepFool step leaves [0, 1]
+    x = x.astype(np.float32)
+    clipped = measures.rho(clf, x, None, norm, batch_size=BATCH, clip=True)
+    unclipped = measures.rho(clf, x, None, norm, batch_size=BATCH)
+    x_norm = np.linalg.norm(x, axis=1) if norm == "l2" else np.abs(x).max(axis=1)
+    r = minimal_in_box(x, v, b, norm)
+    r_norm = np.linalg.norm(r, axis=1) if norm == "l2" else np.abs(r).max(axis=1)
+    np.testing.assert_allclose(clipped["per_example"], r_norm / x_norm, rtol=2e-3)
+    assert clipped["fooled"] == 1.0 and unclipped["fooled"] == 1.0
+    assert np.all(clipped["per_example"] > unclipped["per_example"])
+
+
 # --- eps_ref ----------------------------------------------------------------------------
 
 
@@ -228,7 +243,7 @@ def test_sanity_checks_pass_a_normal_classifier_and_flag_a_gradient_masked_one()
     normal = trained_mlp()
     broken = Classifier(quantized_mlp_apply, normal.variables, normal.bounds, CLASSES)
     assert accuracy(broken, x, y) > 0.8  # a usable classifier, just without gradients
-    settings = dict(eps=0.1, batch_size=BATCH, pgd_steps=(5, 20), unbounded_steps=40, unroll=1)
+    settings = dict(eps=0.2, batch_size=BATCH, pgd_steps=(10, 20), unbounded_steps=40, unroll=1)
 
     good = measures.sanity_checks(normal, x, y, rng=key(1), **settings)
     assert measures.failed(good) == [], good
@@ -240,11 +255,56 @@ def test_sanity_checks_pass_a_normal_classifier_and_flag_a_gradient_masked_one()
     )
     assert set(measures.failed(bad)) == {
         "unbounded_attack",
+        "more_steps",
         "gradients",
         "white_box_vs_transfer",
     }, bad
     assert bad["gradients"]["zero_fraction"] == 1.0
     assert bad["unbounded_attack"]["accuracy"] == pytest.approx(accuracy(broken, x, y))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_more_steps_check_flags_zero_gradients_that_random_search_beats(seed):
+    x, y = eval_data()
+    normal = trained_mlp()
+    broken = Classifier(quantized_mlp_apply, normal.variables, normal.bounds, CLASSES)
+    settings = dict(eps=0.2, batch_size=BATCH, rng=key(seed), steps=(10, 20), unroll=1)
+    good = measures.more_steps_check(normal, x, y, **settings)
+    assert good["passed"], good
+    assert good["accuracy_few"] <= 0.05 and good["accuracy_random_search"] >= 0.3
+    # PGD stays at its random start (one random point); the best of 10 random points in
+    # the ball is far stronger, and PGD with more steps is no stronger: masked gradients.
+    bad = measures.more_steps_check(broken, x, y, **settings)
+    assert not bad["passed"], bad
+    assert bad["accuracy_few"] > bad["accuracy_random_search"] + 0.2
+    assert bad["random_samples"] == 10 and bad["steps"] == (10, 20)
+
+
+def test_unbounded_attack_check_is_not_stopped_by_a_saturated_softmax():
+    x, _ = eval_data()
+    linear = linear_classifier(seed=1)
+    confident = linear.replace(variables=jax.tree.map(lambda v: 1e3 * v, linear.variables))
+    y = np.asarray(confident.logits(x).argmax(-1))
+    # Logit margins above 100: the cross-entropy's input gradient is exactly 0 in float32,
+    # so PGD on it cannot move...
+    _, grad, _ = jax.jit(common.loss_and_input_grad, static_argnums=1)(
+        confident, common.cross_entropy, x, y, None)
+    assert np.all(np.asarray(grad) == 0)
+    ce_pgd = attacks.pgd(confident, x, y, key(), eps=1.0, step_size=0.1, steps=40,
+                         random_start=False, unroll=1)
+    np.testing.assert_array_equal(ce_pgd, x)
+    # ... while the margin loss's gradient does not saturate: the unbounded attack succeeds.
+    check = measures.unbounded_attack_check(confident, x, y, batch_size=BATCH, rng=key(),
+                                            steps=40, unroll=1)
+    assert check["passed"] and check["accuracy"] == 0.0, check
+
+
+def test_attack_at_eps_refuses_attacks_without_an_eps():
+    for name in ("cw_l2", "deepfool"):
+        with pytest.raises(ValueError, match=f"attack '{name}' takes no eps"):
+            measures.attack_at_eps(name)
+    random = measures.attack_at_eps("random_search", samples=4)
+    assert random(0.1).keywords == {"eps": 0.1, "samples": 4}
 
 
 def test_white_box_vs_transfer_and_more_steps_tolerances():

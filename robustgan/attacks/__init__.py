@@ -10,6 +10,7 @@ from robustgan.attacks.adaptive import bpda, eot, with_front_end
 from robustgan.attacks.autopgd import apgd
 from robustgan.attacks.gradient import fgsm, fgsm_predicted, ll_fgs, pgd, rand_fgsm
 from robustgan.attacks.minimal import cw_l2, deepfool, deepfool_perturbation
+from robustgan.attacks.sampling import random_search
 
 ATTACKS = {
     "fgsm": fgsm,
@@ -21,6 +22,7 @@ ATTACKS = {
     "deepfool": deepfool,
     "apgd_ce": functools.partial(apgd, loss="ce"),
     "apgd_dlr": functools.partial(apgd, loss="dlr"),
+    "random_search": random_search,
 }
 
 
@@ -45,5 +47,6 @@ __all__ = [
     "make_attack",
     "pgd",
     "rand_fgsm",
+    "random_search",
     "with_front_end",
 ]

@@ -35,7 +35,7 @@ NONNEGATIVE = (
     "initial_const",
     "confidence",
 )
-POSITIVE_COUNTS = ("steps", "restarts", "binary_steps", "max_iter")
+POSITIVE_COUNTS = ("steps", "restarts", "binary_steps", "max_iter", "samples")
 
 
 def data_scale(classifier: Classifier) -> float:

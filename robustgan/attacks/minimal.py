@@ -16,6 +16,10 @@ from robustgan.attacks import common
 from robustgan.classifier import Classifier
 
 _TINY = 1e-12  # keeps the step finite (and its gradient) where a gradient difference is 0
+# With clipped iterates, each step goes this far (pixel units) past the linearized
+# boundary, as foolbox's DeepFool does (its distances + 1e-4): where the box absorbs part
+# of a step, the iterates would otherwise only approach the boundary, never cross it.
+_FOOLBOX_BEYOND = 1e-4
 
 
 def _dual_norm(w: jax.Array, norm: str) -> jax.Array:
@@ -32,10 +36,25 @@ def _step_to_boundary(f: jax.Array, w: jax.Array, norm: str) -> jax.Array:
     return (jnp.abs(f) / (jnp.sum(jnp.abs(w), -1) + _TINY))[:, None] * jnp.sign(w)
 
 
-def _perturbation(classifier, x, y, rng, norm, max_iter, overshoot, candidates, targeted, unroll):
-    """(1 + overshoot) * sum_i r_i of DeepFool's Algorithm 2, each example frozen once done."""
+def _unit_step(w: jax.Array, norm: str) -> jax.Array:
+    """The step of norm 1 along which w.r grows fastest: w / ||w||_2, or sign(w) for L-inf."""
+    if norm == "l2":
+        return w / (jnp.sqrt(jnp.sum(w**2, -1, keepdims=True)) + _TINY)
+    return jnp.sign(w)
+
+
+def _perturbation(
+    classifier, x, y, rng, norm, max_iter, overshoot, candidates, targeted, clip, early_stop,
+    unroll,
+):
+    """DeepFool's Algorithm 2, each example frozen once done: the final perturbation
+    (1 + overshoot) * sum_i r_i, or with clip the clipped iterate minus x."""
     n, num_classes = x.shape[0], classifier.num_classes
     targeted = jnp.broadcast_to(jnp.asarray(targeted, bool), (n,))
+    beyond = _FOOLBOX_BEYOND * common.data_scale(classifier)
+    # The while loop differentiates convolutions fast on CPU (`common.model_logits`); the
+    # scan keeps the plain apply, so its results stay as they were, bit for bit.
+    logits_of = common.model_logits if early_stop else Classifier.logits
 
     # Candidate classes k: the `candidates` most likely others at x (all, by default), or
     # for a targeted example only its target (first column; the rest are masked off).
@@ -45,9 +64,15 @@ def _perturbation(classifier, x, y, rng, norm, max_iter, overshoot, candidates, 
     cand = jnp.where(targeted[:, None], y[:, None], top)
     valid = ~targeted[:, None] | (jnp.arange(candidates) == 0)
 
+    def iterate(r_total):
+        """x_i = x + (1 + overshoot) r_total, clipped to the data range with clip."""
+        x_i = x + (1 + overshoot) * r_total
+        return common.clip_to_bounds(classifier, x_i) if clip else x_i
+
     def step(r_total, i):
-        logits_fn = lambda z: classifier.logits(z, common.step_key(rng, i))
-        logits, vjp = jax.vjp(logits_fn, x + (1 + overshoot) * r_total)
+        """r_total plus the step from the current iterate, and which examples were done."""
+        logits_fn = lambda z: logits_of(classifier, z, common.step_key(rng, i))
+        logits, vjp = jax.vjp(logits_fn, iterate(r_total))
         predicted = logits.argmax(-1)
         done = jnp.where(targeted, predicted == y, predicted != y)
         # Leave y (untargeted), or move from the current class to the target.
@@ -61,24 +86,44 @@ def _perturbation(classifier, x, y, rng, norm, max_iter, overshoot, candidates, 
         nearest = jnp.argmin(jnp.where(valid, lax.stop_gradient(distance), jnp.inf), axis=1)
         f_l = jnp.take_along_axis(f, nearest[:, None], 1)[:, 0]
         w_l = jnp.take_along_axis(w, nearest[:, None, None], 1)[:, 0]
-        r = _step_to_boundary(f_l, w_l, norm).reshape(x.shape)
-        return r_total + common.select(done, jnp.zeros_like(r), r), None
+        r = _step_to_boundary(f_l, w_l, norm)
+        if clip:  # past the boundary even where the box absorbs the overshoot (foolbox)
+            r = r + beyond * _unit_step(w_l, norm)
+        r = r.reshape(x.shape)
+        return r_total + common.select(done, jnp.zeros_like(r), r), done
 
-    r_total, _ = lax.scan(step, jnp.zeros_like(x), jnp.arange(max_iter), unroll=unroll)
-    return (1 + overshoot) * r_total
+    if early_stop:
+
+        def body(state):
+            i, r_total, _ = state
+            r_total, done = step(r_total, i)
+            return i + 1, r_total, jnp.all(done)
+
+        state = (jnp.int32(0), jnp.zeros_like(x), jnp.bool_(False))
+        _, r_total, _ = lax.while_loop(lambda s: (s[0] < max_iter) & ~s[2], body, state)
+    else:  # a fixed-length scan: reverse mode cannot go through a while loop
+        scan_step = lambda r_total, i: (step(r_total, i)[0], None)
+        r_total, _ = lax.scan(scan_step, jnp.zeros_like(x), jnp.arange(max_iter), unroll=unroll)
+    return iterate(r_total) - x if clip else (1 + overshoot) * r_total
 
 
-def _check_candidates(arguments) -> None:
+def _check_settings(arguments) -> None:
     classifier, candidates = arguments["classifier"], arguments["candidates"]
     if candidates is not None and not 1 <= candidates < classifier.num_classes:
         raise ValueError(
             f"candidates must be in [1, num_classes - 1] = [1, {classifier.num_classes - 1}] "
             f"or None (all classes), got {candidates!r}"
         )
+    if arguments["early_stop"] and arguments["differentiable"]:
+        raise ValueError(
+            "deepfool_perturbation: early_stop=True runs a while loop, which reverse mode "
+            "cannot differentiate; differentiable=True needs early_stop=False"
+        )
 
 
 @common.jit_attack(
-    "norm", "max_iter", "candidates", "differentiable", "unroll", validate=_check_candidates
+    "norm", "max_iter", "candidates", "clip", "early_stop", "differentiable", "unroll",
+    validate=_check_settings,
 )
 def deepfool_perturbation(
     classifier: Classifier,
@@ -91,29 +136,40 @@ def deepfool_perturbation(
     overshoot=0.02,
     candidates: int | None = None,
     targeted=False,
+    clip: bool = False,
+    early_stop: bool = False,
     differentiable: bool = False,
     unroll: int | None = None,
 ):
     """DeepFool's perturbation r = (1 + overshoot) * sum_i r_i (Algorithm 2; Sec. 3.3 for L-inf).
 
-    Each iteration linearizes the classifier at x + r and steps onto the nearest
-    linearized boundary between y and a candidate class k (l = argmin_k |f_k| / ||w_k||_q,
-    with f_k, w_k the logit difference to y and its input gradient), for `max_iter`
-    iterations, freezing each example once it is fooled (done-masks in a `lax.scan`).
-    y: the label to leave (examples not predicted as y are already fooled: r = 0).
-    candidates: how many of the most likely other classes at x to consider (None: all,
-    as the paper and Deep Defense's code). targeted (bool, or one per example): move
-    instead from the current class until y is predicted, as Deep Defense's code does for
-    misclassified examples. r is not clipped to the data range. differentiable=True
-    leaves r differentiable with respect to the classifier's variables (Deep Defense's
-    regularizer; wrap a long differentiated run in `jax.checkpoint` to bound memory);
-    otherwise it is under `stop_gradient`.
+    Each iteration linearizes the classifier at the iterate x_i = x + (1 + overshoot) *
+    sum_j<i r_j and steps onto the nearest linearized boundary between y and a candidate
+    class k (l = argmin_k |f_k| / ||w_k||_q, with f_k, w_k the logit difference to y and
+    its input gradient), for `max_iter` iterations, freezing each example once it is
+    fooled (done-masks in a `lax.scan`). y: the label to leave (examples not predicted as
+    y are already fooled: r = 0). candidates: how many of the most likely other classes
+    at x to consider (None: all, as the paper and Deep Defense's code). targeted (bool,
+    or one per example): move instead from the current class until y is predicted, as
+    Deep Defense's code does for misclassified examples.
+
+    clip=False (the paper's): the iterates and r ignore the data range. clip=True: each
+    iterate is clipped to the data range and r = x_last - x, so x + r is a valid image
+    (foolbox's DeepFool; each step then also goes 1e-4 pixel units past the linearized
+    boundary, as there). early_stop=True stops as soon as every example is done (a while
+    loop, for a random classifier under one draw), much faster when most examples need
+    few steps; the same r for a deterministic classifier up to float round-off.
+    differentiable=True leaves r differentiable with respect to the classifier's
+    variables (Deep Defense's regularizer; wrap a long differentiated run in
+    `jax.checkpoint` to bound memory); otherwise it is under `stop_gradient`. unroll:
+    the scan's unrolling (None: `common.default_unroll`).
     """
     common.check_choice("norm", norm, common.NORMS)
     candidates = classifier.num_classes - 1 if candidates is None else candidates
     unroll = common.default_unroll(max_iter) if unroll is None else unroll
     r = _perturbation(
-        classifier, x, y, rng, norm, max_iter, overshoot, candidates, targeted, unroll
+        classifier, x, y, rng, norm, max_iter, overshoot, candidates, targeted, clip,
+        early_stop, unroll,
     )
     return r if differentiable else lax.stop_gradient(r)
 

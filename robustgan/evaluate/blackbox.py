@@ -188,13 +188,14 @@ def train_substitute(
 
 def substitute_attack_correct(
     oracle: Classifier, substitute: Classifier, x, y, *, eps: float, batch_size: int, rng,
-    value_range=None, mesh=None, predicted_labels: bool = False,
+    value_range=None, mesh=None, predicted_labels: bool = True,
 ) -> np.ndarray:
     """Per-example correctness of the oracle on FGSM(eps) examples crafted on the substitute
-    (Defense-GAN's black-box attack, eps 0.3 there).
+    (Defense-GAN's black-box attack, eps 0.3 there), scored against the true labels y.
 
-    predicted_labels=True attacks the substitute's own prediction instead of the true
-    label, as the CleverHans FGSM in Defense-GAN's code does when given no labels.
+    predicted_labels=True (default) ascends the loss of the substitute's own prediction,
+    as the CleverHans FGSM in Defense-GAN's code does when given no labels: the attacker
+    of a black box has no true labels. False uses y instead.
     """
     attack = attacks.fgsm_predicted if predicted_labels else attacks.fgsm
     return transfer_correct(

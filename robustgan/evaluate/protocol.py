@@ -102,7 +102,15 @@ def protocol_measures(config, dataset, classifier, mesh, *, white_box_accuracy=N
     """The rest of the protocol on the first `eval.measure_examples` evaluation images:
     sanity checks (flagged, never hidden), rho_2 / rho_inf (Deep Defense Eq. 7), eps_ref
     and accuracy at 0.2/0.5/1.0 eps_ref, a PGD robustness curve, and, when
-    `eval.substitute` names a model, Papernot et al.'s substitute-training black box.
+    `eval.substitute` names a model, Papernot et al.'s substitute-training black box
+    (FGSM on the substitute's predicted labels, as CleverHans and Defense-GAN's code).
+
+    rho_2 / rho_inf come from DeepFool with every iterate clipped to the image range (the
+    distance to a valid adversarial image); rho_2_unclipped / rho_inf_unclipped from the
+    paper's DeepFool, whose iterates may leave it (larger on robust models). Both run
+    `eval.deepfool_steps` steps; beside each rho, '<name>_fooled_fraction' is the
+    fraction of images DeepFool fooled (below 1, rho underestimates: the images it did
+    not fool count with a perturbation too short to fool them).
 
     white_box_accuracy / transfer_accuracy: PGD and the lowest transfer accuracy over
     the `evaluation_examples` images they were measured on, for the white-box-not-weaker
@@ -112,15 +120,22 @@ def protocol_measures(config, dataset, classifier, mesh, *, white_box_accuracy=N
     e = config.eval
     x, y = eval_split(config, dataset)
     x, y = x[: e.measure_examples], y[: e.measure_examples]
-    common = dict(batch_size=e.batch_size, value_range=config.data.value_range, mesh=mesh)
+    # Batches no larger than the images (rounded up to the mesh): padding costs as much.
+    devices = 1 if mesh is None else mesh.devices.size
+    batch_size = min(e.batch_size, -(-len(y) // devices) * devices)
+    common = dict(batch_size=batch_size, value_range=config.data.value_range, mesh=mesh)
     keys = jax.random.split(jax.random.key(config.seed + 3), 6)
     out = {"num_examples": len(y)}
     out["sanity"] = measures.sanity_checks(
         classifier, x, y, eps=e.eps, rng=keys[0], white_box_accuracy=white_box_accuracy,
         transfer_accuracy=transfer_accuracy, transfer_examples=evaluation_examples, **common)
-    for key, norm, rng in (("rho_2", "l2", keys[1]), ("rho_inf", "linf", keys[2])):
-        out[key] = measures.rho(classifier, x, y, norm, rng=rng, max_iter=e.deepfool_steps,
-                                **common)["rho"]
+    out["deepfool_steps"] = e.deepfool_steps
+    for name, norm, rng in (("rho_2", "l2", keys[1]), ("rho_inf", "linf", keys[2])):
+        for suffix, clip in (("", True), ("_unclipped", False)):
+            rho = measures.rho(classifier, x, y, norm, rng=rng, max_iter=e.deepfool_steps,
+                               clip=clip, **common)
+            out[name + suffix] = rho["rho"]
+            out[f"{name}{suffix}_fooled_fraction"] = rho["fooled"]
     ref = measures.eps_ref(classifier, x, y, rng=keys[3],
                            fractions=() if reference_eps else measures.DEEP_DEFENSE_FRACTIONS,
                            **common)
@@ -149,6 +164,6 @@ def protocol_measures(config, dataset, classifier, mesh, *, white_box_accuracy=N
             "model": e.substitute, "agreement_per_round": history["agreement"],
             "fgsm_accuracy": blackbox.substitute_attack_accuracy(
                 classifier, substitute, x[seed_size:], y[seed_size:], eps=e.eps,
-                rng=keys[5], **common),
+                rng=keys[5], predicted_labels=True, **common),
         }
     return out
