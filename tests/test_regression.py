@@ -50,8 +50,10 @@ def test_run_configs_are_as_recorded_but_for_the_protocol_fixes(spec):
     # ... and its paper configs evaluate with batch statistics, as the authors did.
     assert new.pop("eval.batch_norm") == ("batch_stats" if spec in PAPER_ADVNET
                                           else old["eval.batch_norm"])
+    # rho's DeepFool runs to convergence (50 steps) on valid images, and unclipped.
+    assert (old["eval.deepfool_steps"], new.pop("eval.deepfool_steps")) == (10, 50)
     assert {k: v for k, v in old.items() if k in new} == {k: new[k] for k in old if k in new}
-    assert set(old) - set(new) == {"advnet.clip", "eval.batch_norm"}
+    assert set(old) - set(new) == {"advnet.clip", "eval.batch_norm", "eval.deepfool_steps"}
 
 
 @pytest.mark.parametrize("spec", sorted(TABLES))

@@ -271,7 +271,7 @@ def test_evaluation_reports_protocol_measures_and_flags_failures(tmp_path):
     config = tiny_config(tmp_path, steps=20, **{
         "eval.measures": True, "eval.measure_examples": 40, "eval.substitute": "dgan_e",
         "eval.substitute_seed_size": 16, "eval.substitute_rounds": 2,
-        "eval.substitute_epochs": 1})
+        "eval.substitute_epochs": 1, "eval.deepfool_steps": 10})
     workdir = str(tmp_path / "run")
     main.run(config, workdir, "train")
     saved = json.load(open(os.path.join(workdir, "results.json")))["measures"]
@@ -285,6 +285,9 @@ def test_evaluation_reports_protocol_measures_and_flags_failures(tmp_path):
                                                            abs=0.03)
     assert saved["substitute"]["agreement_per_round"] == pytest.approx(
         before["substitute_agreement"], abs=0.05)
+    # rho as the paper computes it: DeepFool unclipped (here 10 steps, as it ran then).
+    for rho in ("rho_2", "rho_inf"):
+        assert saved[f"{rho}_unclipped"] == pytest.approx(before[rho], rel=1e-3)
     assert os.path.exists(os.path.join(workdir, "robustness_curve.png"))
     text = open(os.path.join(workdir, "results.md")).read()
     assert "| model | rho_2 | rho_inf | eps_ref |" in text

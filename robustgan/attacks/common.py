@@ -1,7 +1,7 @@
 """Pieces every attack shares: losses, input gradients, projections, best-so-far tracking,
 argument checks and step-count knobs.
 
-Conventions (ARCHITECTURE.md): epsilons and step sizes are given in [0, 1] pixel units,
+Conventions (docs/ARCHITECTURE.md): epsilons and step sizes are given in [0, 1] pixel units,
 as the papers state them; attacks multiply them by the width of the classifier's data
 range, so the same eps means the same perturbation whether data lie in [0, 1] or [-1, 1].
 """
