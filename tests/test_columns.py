@@ -71,6 +71,7 @@ def test_settings_labels_and_wrappers():
     ("bpda(pgd, 2)", "bpda takes only the attack"),
     ("bpda", r"wraps an attack"),
     ("pgd(", "is not of the form"),
+    ("random_search", r"needs the setting\(s\) \['samples'\]"),
 ])
 def test_bad_specs_are_named(spec, match):
     with pytest.raises(ConfigError, match=match):
@@ -88,10 +89,10 @@ def test_every_named_attack_builds_and_runs():
     clf = linear_classifier()
     x, y = random_inputs(0, margin=0.1), jnp.asarray(np.arange(N) % CLASSES)
     e = eval_config(eps=0.1, pgd_steps=2, pgd_step_size=0.025)
-    for label, fn in columns.white_box(e, [
-            n if n not in ("cw_l2", "deepfool", "apgd_ce", "apgd_dlr") else f"{n}(steps=2)"
-            if n.startswith("apgd") else f"{n}(max_iter=2)" if n == "deepfool"
-            else f"{n}(steps=2, binary_steps=1)" for n in columns.names()]).items():
+    short = {"cw_l2": "(steps=2, binary_steps=1)", "deepfool": "(max_iter=2)",
+             "apgd_ce": "(steps=2)", "apgd_dlr": "(steps=2)", "random_search": "(samples=2)"}
+    for label, fn in columns.white_box(e, [n + short.get(n, "") for n in columns.names()]
+                                       ).items():
         assert fn(clf, x, y, jax.random.key(0)).shape == x.shape, label
 
 

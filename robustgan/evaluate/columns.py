@@ -2,7 +2,7 @@
 
 A spec is `[label=]expr`, expr one of
   - an attack name: fgsm, fgsm_predicted, rand_fgsm, ll_fgs, pgd, pgd_margin, apgd_ce,
-    apgd_dlr, cw_l2, deepfool;
+    apgd_dlr, cw_l2, deepfool, random_search (which needs `samples`);
   - an attack with settings: `pgd(steps=40)`, `cw_l2(steps=100, learning_rate=10,
     initial_const=100, binary_steps=1)`, `pgd(eps=1.0, steps=100, step_size=0.01)`;
   - a wrapper around another expr: `bpda(pgd)` (the attack sees the classifier's
@@ -131,11 +131,13 @@ def attack(name: str, eval_config, *, spec: str | None = None, **settings) -> Ca
     fn = SETTINGS_OF.get(base, attacks.ATTACKS[base])
     target = fn.func if isinstance(fn, functools.partial) else fn
     target = getattr(target, "__wrapped__", target)
-    allowed = set(inspect.signature(target).parameters) - {"classifier", "x", "y", "rng"}
-    unknown = sorted(set(settings) - allowed)
+    parameters = {k: p for k, p in inspect.signature(target).parameters.items()
+                  if k not in ("classifier", "x", "y", "rng")}
+    unknown = sorted(set(settings) - set(parameters))
     if unknown:
         raise ConfigError(f"attack spec {spec!r}: {name} has no setting(s) {unknown}; it "
-                          f"takes {sorted(allowed)}")
+                          f"takes {sorted(parameters)}")
+    allowed = set(parameters)
     values: dict[str, Any] = {**fixed, **settings}
     e = eval_config
     if "eps" in allowed:
@@ -146,6 +148,11 @@ def attack(name: str, eval_config, *, spec: str | None = None, **settings) -> Ca
         values.setdefault("random_start", True)
         values.setdefault("step_size", e.pgd_step_size * values["eps"] / e.eps if e.eps
                           else e.pgd_step_size)
+    missing = sorted(k for k, p in parameters.items()
+                     if p.default is inspect.Parameter.empty and k not in values)
+    if missing:
+        raise ConfigError(f"attack spec {spec!r}: {name} needs the setting(s) {missing}, "
+                          f"e.g. {name}({missing[0]}=...)")
     return attacks.make_attack(base, **values)
 
 
