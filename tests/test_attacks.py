@@ -391,3 +391,7 @@ def test_bad_inputs_raise_clear_errors():
         run("apgd_ce", clf, x, y, norm="l0")
     with pytest.raises(ValueError, match="DLR loss needs at least 3 classes"):
         run("apgd_dlr", linear_classifier(classes=2), x, y % 2)
+    with pytest.raises(ValueError, match="samples must be an integer >= 1"):
+        run("random_search", clf, x, y, samples=0)
+    with pytest.raises(ValueError, match="norm must be one of"):
+        run("random_search", clf, x, y, norm="l1")

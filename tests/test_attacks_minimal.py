@@ -180,6 +180,8 @@ def test_deepfool_rejects_bad_candidates():
         deepfool_r(clf, x, y, norm="l1")
     with pytest.raises(ValueError, match="overshoot must be >= 0"):
         deepfool_r(clf, x, y, overshoot=-0.1)
+    with pytest.raises(ValueError, match="differentiable=True needs early_stop=False"):
+        deepfool_r(clf, x, y, early_stop=True, differentiable=True)
 
 
 def test_cw_l2_finds_nearly_the_minimal_perturbation_on_a_linear_model():

@@ -2,11 +2,13 @@
 
 - `robustness_curve`: accuracy against eps (report.plot_curves draws them).
 - `rho`: Deep Defense's rho_2 (Yan et al. 2018, Eq. 7) and rho_inf (supplement, Eq. 2):
-  mean ||r||_p / ||x||_p over the test set, r the DeepFool perturbation.
+  mean ||r||_p / ||x||_p over the test set, r the DeepFool perturbation (the paper's, or
+  with every iterate clipped to the data range: the distance to a valid image).
 - `eps_ref`: the smallest FGS eps that misclassifies 50% of a fixed set (Deep Defense
   Sec. 4.1), by bisection, and the accuracies at 0.2 / 0.5 / 1.0 eps_ref.
 - `sanity_checks`: checks that an evaluation is not fooled by gradient masking (Carlini
-  et al. 2019, "On evaluating adversarial robustness"; Athalye et al. 2018).
+  et al. 2019, "On evaluating adversarial robustness"; Athalye et al. 2018): unbounded
+  PGD, more PGD steps and random search, zero gradients, white box against transfer.
 
 Data follow `batching.map_batches`: x holds raw uint8 pixels and `value_range` says how to scale
 them (`data.scale`), batch by batch. With `value_range=None`, x is a float array already
@@ -306,11 +308,11 @@ def unbounded_attack_check(
     """Passes if L-inf PGD at eps=1 (the whole data range) brings accuracy to at most
     `max_accuracy`: an unbounded attack must always succeed (Carlini et al. 2019).
 
-    PGD ascends the margin loss: the cross-entropy's gradient is exactly 0 in float32
-    once softmax saturates (a logit margin above ~100), which would stop PGD on a
-    confident model that is not masking anything. No random start, so a model whose
-    gradients vanish keeps its clean accuracy here instead of being judged on random
-    images.
+    PGD ascends the margin loss: the cross-entropy's gradient underflows to 0 in float32
+    once softmax saturates (logit margins above ~100; under jit sometimes round-off noise
+    instead), which would stop PGD on a confident model that is not masking anything.
+    No random start, so a model whose gradients vanish keeps its clean accuracy here
+    instead of being judged on random images.
     """
     acc = accuracy_at_eps(
         classifier, x, y,
@@ -349,14 +351,14 @@ def more_steps_check(
         )
         for s, key in zip(steps, (few_rng, many_rng), strict=True)
     )
-    random = accuracy_at_eps(
+    searched = accuracy_at_eps(
         classifier, x, y, attack_at_eps("random_search", samples=steps[0], unroll=unroll), eps,
         rng=random_rng, **common_args,
     )
     n = len(np.asarray(x))
     tolerance = 2 * _standard_error(few, n) if tolerance is None else tolerance
-    return {"passed": many <= few + tolerance and few <= random + tolerance,
-            "accuracy_few": few, "accuracy_many": many, "accuracy_random_search": random,
+    return {"passed": many <= few + tolerance and few <= searched + tolerance,
+            "accuracy_few": few, "accuracy_many": many, "accuracy_random_search": searched,
             "steps": tuple(steps), "random_samples": steps[0], "tolerance": tolerance}
 
 
