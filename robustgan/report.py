@@ -10,7 +10,7 @@ import jax
 
 COLUMN_TITLES = {"clean": "No noise", "fgsm": "FGS", "pgd": "PGD", "min": "Min",
                  "rand_fgsm": "RAND+FGSM", "cw_l2": "C&W-L2", "apgd_ce": "APGD-CE",
-                 "apgd_dlr": "APGD-DLR", "deepfool": "DeepFool"}
+                 "apgd_dlr": "APGD-DLR", "deepfool": "DeepFool", "random_search": "random"}
 
 
 def column_title(column: str) -> str:

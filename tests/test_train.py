@@ -142,7 +142,7 @@ _TRAIN_SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
     import pathlib
-    from helpers import assert_matches_recorded, recorded, tiny_config
+    from helpers import tiny_config
     from robustgan import train
     config = tiny_config(pathlib.Path({tmp!r}), "pgd_at", steps=24, checkpoint_every=3)
     train.train(config, {workdir!r})
