@@ -173,6 +173,11 @@ def resumable_keys(config) -> tuple[str, ...]:
     return RESUMABLE_KEYS + methods.spec(config.method).resumable
 
 
+def is_resumable(key: str, resumable: tuple[str, ...]) -> bool:
+    """Whether the dotted `key` is one of `resumable` or under a prefix of it ending in '.'."""
+    return any(key == r or (r.endswith(".") and key.startswith(r)) for r in resumable)
+
+
 def reference_keys(config) -> tuple[str, ...]:
     """Keys whose values name finished runs: config.init_from.run and the method's own."""
     return ("init_from.run",) + methods.spec(config.method).references

@@ -195,11 +195,8 @@ def check_same_run(config, workdir: str) -> None:
     resumable = configlib.resumable_keys(config)
     # Keys only one side has are left out: a key added to the code since the run started
     # takes its default, which is not evidence of a change.
-    changed = sorted(
-        k for k in saved.keys() & current.keys()
-        if saved[k] != current[k] and not any(
-            k == r or (r.endswith(".") and k.startswith(r)) for r in resumable)
-    )
+    changed = sorted(k for k in saved.keys() & current.keys()
+                     if saved[k] != current[k] and not configlib.is_resumable(k, resumable))
     if changed:
         details = ", ".join(f"{k}: {saved[k]!r} -> {current[k]!r}" for k in changed)
         raise ConfigError(

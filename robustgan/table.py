@@ -30,8 +30,7 @@ def run_name(config, overrides=()) -> str:
     """Directory name of a run: method, config options, seed ('pgd_at_cpu_seed1'), and a
     digest of the overrides that change what it trains, if any."""
     resumable = configlib.resumable_keys(config)
-    trained = sorted((k, v) for k, v in overrides if not any(
-        k == r or (r.endswith(".") and k.startswith(r)) for r in resumable))
+    trained = sorted((k, v) for k, v in overrides if not configlib.is_resumable(k, resumable))
     parts = [config.method, *filter(None, config.options.split(",")), f"seed{config.seed}"]
     if trained:
         parts.append(hashlib.sha1(json.dumps(trained).encode()).hexdigest()[:8])
