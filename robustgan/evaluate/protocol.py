@@ -15,8 +15,9 @@ import jax
 import jax.numpy as jnp
 
 from robustgan import models
-from robustgan.evaluate import blackbox, columns, measures
+from robustgan.evaluate import blackbox, measures
 from robustgan.evaluate.batching import AttackFn, map_batches
+from robustgan.evaluate.columns import white_box as attacks_by_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,12 +34,12 @@ def white_box_columns(eval_config, specs=None) -> dict[str, Column]:
     """'clean', then the attack specs (default config.eval.attacks) against the evaluated
     classifier."""
     return {"clean": Column()} | {
-        label: Column(fn) for label, fn in columns.white_box(eval_config, specs).items()}
+        label: Column(fn) for label, fn in attacks_by_name(eval_config, specs).items()}
 
 
 def transfer_columns(eval_config, specs, surrogates) -> dict[str, Column]:
     """'<label>(<surrogate>)' for each spec and surrogate name: crafted on the surrogate."""
-    fns = columns.white_box(eval_config, specs)
+    fns = attacks_by_name(eval_config, specs)
     return {f"{label}({name})": Column(fn, name) for name in surrogates
             for label, fn in fns.items()}
 
