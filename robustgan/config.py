@@ -22,6 +22,7 @@ import ml_collections
 from robustgan import methods, optim
 from robustgan.checks import check_at_least, check_choice, check_range
 from robustgan.errors import ConfigError
+from robustgan.evaluate.columns import white_box as attacks_by_name
 
 DATA_SOURCES = ("tfds", "idx", "imagefolder", "npz", "embedded")
 BATCH_NORM_MODES = ("eval", "batch_stats")
@@ -161,6 +162,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check_at_least("data.validation_size", config.data.validation_size, 0)
     if config.eval.split == "validation" and config.data.validation_size == 0:
         raise ConfigError("config.eval.split='validation' needs config.data.validation_size > 0")
+    attacks_by_name(config.eval)  # every column spec names an attack and its settings
     if config.init_from.networks and not config.init_from.run:
         raise ConfigError("config.init_from.networks is set but config.init_from.run is empty: "
                           "name the run to warm-start from")
@@ -259,6 +261,7 @@ def table_config(title: str, config_file: str, *, rows, surrogates, attacks=("fg
     c.table.eps_ref_row = eps_ref_row
     c.table.eval_num_examples = 0  # 0: the whole test split
     c.progress_bar = True
+    attacks_by_name(base_config().eval, c.table.attacks)
     names = [r[0] for r in (*c.table.rows, *c.table.surrogates)]
     if len(set(names)) != len(names):
         raise ConfigError(f"table runs need distinct names, got {names}")

@@ -41,9 +41,10 @@ def run(config, workdir: str, mode: str) -> dict:
     kind = "study" if "study" in config else "table" if "table" in config else "run"
     allowed = {"run": ("train", "eval"), "table": ("table",), "study": ("study", "table")}
     if mode not in allowed[kind]:
+        wanted = "run" if mode in ("train", "eval") else mode
+        example = {"run": "pgd_at", "table": "table1", "study": "gradreg_study"}[wanted]
         raise ConfigError(
-            f"--mode {mode} needs a {'run' if mode in ('train', 'eval') else mode} config "
-            f"(e.g. configs/mnist.py:{'pgd_at' if mode in ('train', 'eval') else 'table1'}); "
+            f"--mode {mode} needs a {wanted} config (e.g. configs/mnist.py:{example}); "
             f"this is a {kind} config: run it with --mode {allowed[kind][0]}")
     parallel.initialize()
     if kind == "study":

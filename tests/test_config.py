@@ -70,6 +70,7 @@ def test_bad_config_argument_is_named():
         ("optimizer.name", "lbfgs", "optimizer.name='lbfgs' is not valid"),
         ("batch_size", 0, "batch_size=0 must be a positive integer"),
         ("eval.batch_norm", "train", "eval.batch_norm='train' is not valid"),
+        ("eval.attacks", ("fgsm", "pgd(stepz=3)"), r"pgd has no setting\(s\) \['stepz'\]"),
     ],
 )
 def test_bad_values_stop_with_the_key_named(key, value, match):
@@ -110,3 +111,9 @@ def test_two_gradreg_modes_in_one_argument_are_refused():
         _load(path, "advnet,cpu,exact,none")
     with pytest.raises(ConfigError, match="are for advnet"):
         _load(path, "standard,exact")
+
+
+def test_a_table_with_an_unknown_column_stops_before_training(tmp_path):
+    with pytest.raises(ConfigError, match="unknown attack 'pgdd'"):
+        configlib.table_config("t", str(tmp_path / "cfg.py"), rows=[("a", "standard", 0)],
+                               surrogates=[], attacks=("fgsm", "pgdd"))

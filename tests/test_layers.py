@@ -16,7 +16,7 @@ LAYERS = {
     "robustgan.classifier": 0, "robustgan.checkpoint": 0, "robustgan.optim": 0,
     "robustgan.data": 0, "robustgan.models": 0,
     "robustgan.attacks": 1, "robustgan.game": 1,
-    "robustgan.nets": 2,
+    "robustgan.nets": 2, "robustgan.evaluate.columns": 2,
     "robustgan.methods": 3,
     "robustgan.config": 4, "robustgan.recipes": 4,
     "robustgan.runs": 5, "robustgan.evaluate": 5, "robustgan.report": 5,
