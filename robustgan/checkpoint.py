@@ -48,7 +48,7 @@ class Checkpoints:
         if step is None:
             raise CheckpointError(f"no checkpoint in {self.directory}")
         template = flax.serialization.to_state_dict(target)
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+        abstract = jax.tree.map(_on_this_host, template)
         where = os.path.join(self.directory, str(step))
         try:
             restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
@@ -68,6 +68,18 @@ class Checkpoints:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def _on_this_host(leaf) -> jax.ShapeDtypeStruct:
+    """The leaf's shape, dtype and sharding; an abstract leaf without a sharding (an
+    `eval_shape` template) goes to this host's first device, not to the devices that saved
+    the checkpoint (a run trained on 8 GPUs restores on one CPU)."""
+    abstract = ocp.utils.to_shape_dtype_struct(leaf)
+    if getattr(abstract, "sharding", None) is None:
+        abstract = jax.ShapeDtypeStruct(
+            abstract.shape, abstract.dtype,
+            sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    return abstract
 
 
 def _check_shapes(expected, restored, where: str) -> None:

@@ -5,6 +5,9 @@ import subprocess
 import sys
 import textwrap
 
+import jax
+import numpy as np
+
 _SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
@@ -12,7 +15,7 @@ _SCRIPT = textwrap.dedent("""
     import jax
     import numpy as np
     from helpers import tiny_config
-    from robustgan import data, methods, parallel
+    from robustgan import data, methods, parallel, train
     from robustgan.errors import ConfigError
 
     assert jax.device_count() == 8, jax.devices()
@@ -42,19 +45,30 @@ _SCRIPT = textwrap.dedent("""
         raise SystemExit("no error for a batch of 12 on 8 devices")
     except ConfigError as e:
         assert "not divisible by the 8 devices" in str(e), e
+    # A run trained on the 8 devices, for the parent process to load on its one.
+    train.train(tiny_config(pathlib.Path({tmp!r}), "standard", steps=2), {workdir!r})
     print("OK")
 """)
 
 
-def test_eight_devices_match_one_device(tmp_path):
+def test_eight_devices_match_one_device_and_their_runs_load_on_one(tmp_path):
     env = dict(
         os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"
     )
-    script = _SCRIPT.format(tests=os.path.dirname(__file__), tmp=str(tmp_path))
+    workdir = str(tmp_path / "run8")
+    script = _SCRIPT.format(tests=os.path.dirname(__file__), tmp=str(tmp_path), workdir=workdir)
     out = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+    # Checkpoints saved on 8 devices restore here, on this process's device.
+    from robustgan import runs, train
+
+    run = runs.load_run(workdir)
+    _, _, state = train.restore_trained(run.config, workdir)
+    assert run.step == 2 and jax.device_count() < 8
+    for a, b in zip(jax.tree.leaves(run.state), jax.tree.leaves(state), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def _device_count(**env_overrides) -> subprocess.CompletedProcess:
