@@ -56,13 +56,24 @@ class Run:
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config.json of the run in workdir, or a ConfigError saying to train it first."""
+    """The config.json of the run in workdir, or a ConfigError saying to train it first.
+    Keys added to the schema after the run was trained take their defaults."""
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
         raise ConfigError(f"{workdir!r} holds no trained run (no {CONFIG_FILE}); train it "
                           "there first (--mode train)")
     with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+        saved = json.load(f)
+    return ml_collections.ConfigDict(_merged(configlib.base_config().to_dict(), saved))
+
+
+def _merged(defaults: dict, saved: dict) -> dict:
+    """defaults with saved's values, recursively (saved wins)."""
+    out = dict(defaults)
+    for key, value in saved.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merged(out[key], value) if both else value
+    return out
 
 
 def write_run_files(config, workdir: str, input_shape) -> None:

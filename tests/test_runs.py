@@ -52,6 +52,25 @@ def test_load_run_rebuilds_a_finished_run_without_reading_data(source, monkeypat
         runs.load_run(str(os.path.dirname(workdir)))
 
 
+def test_runs_trained_before_the_platform_change_still_load(source, tmp_path):
+    """Their config.json lacks the keys added since (init_from, eval.attacks, ...) and
+    they have no run.json: the keys take their defaults, the shape comes from the data."""
+    import shutil
+
+    _, workdir = source
+    old = str(tmp_path / "old")
+    shutil.copytree(workdir, old)
+    os.remove(os.path.join(old, runs.RUN_FILE))
+    with open(os.path.join(old, runs.CONFIG_FILE)) as f:
+        saved = json.load(f)
+    del saved["init_from"], saved["eval"]["attacks"]
+    with open(os.path.join(old, runs.CONFIG_FILE), "w") as f:
+        json.dump(saved, f)
+    run = runs.load_run(old)
+    assert run.config.init_from.run == "" and tuple(run.config.eval.attacks) == ("fgsm", "pgd")
+    np.testing.assert_array_equal(flat(run.state), flat(runs.load_run(workdir).state))
+
+
 def _initial(config, tmp_path):
     _, _, method, state = train.prepare_run(config, str(tmp_path / "new"))
     return method, state
