@@ -178,19 +178,17 @@ def warm_start(method: methods.Method, state, config):
 
 
 def _check_same_shapes(name: str, expected, loaded, run: str) -> None:
-    flat_e = traverse_util.flatten_dict(_as_dict(expected), sep="/")
-    flat_l = traverse_util.flatten_dict(_as_dict(loaded), sep="/")
-    for key in sorted(flat_e.keys() | flat_l.keys()):
-        a, b = flat_e.get(key), flat_l.get(key)
-        if a is None or b is None or np.shape(a) != np.shape(b):
+    """Stops naming the first leaf of `loaded` whose path or shape differs from
+    `expected`'s (both (params, batch_stats))."""
+    shapes = [{jax.tree_util.keystr(path): np.shape(leaf)
+               for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+              for tree in (expected, loaded)]
+    for key in sorted(shapes[0].keys() | shapes[1].keys()):
+        here, there = (s.get(key) for s in shapes)
+        if here != there:
             raise ConfigError(
                 f"config.init_from: network {name!r} of {run} does not fit this run's: "
-                f"{key} is {None if b is None else np.shape(b)} there and "
-                f"{None if a is None else np.shape(a)} here (another architecture?)")
-
-
-def _as_dict(tree) -> dict:
-    return {"params": dict(tree[0]), "batch_stats": dict(tree[1])}
+                f"{key} is {there} there and {here} here (another architecture?)")
 
 
 def check_same_run(config, workdir: str) -> None:
