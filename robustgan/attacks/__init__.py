@@ -5,6 +5,7 @@ and the BPDA/EOT wrappers that adapt a Classifier for them.
 """
 
 import functools
+import inspect
 
 from robustgan.attacks.adaptive import bpda, eot, with_front_end
 from robustgan.attacks.autopgd import apgd
@@ -24,6 +25,16 @@ ATTACKS = {
     "apgd_dlr": functools.partial(apgd, loss="dlr"),
     "random_search": random_search,
 }
+
+
+def settings(name: str) -> dict[str, inspect.Parameter]:
+    """The keyword settings of `ATTACKS[name]` (what follows classifier, x, y, rng), those
+    a registry partial binds left out."""
+    fn = ATTACKS[name]
+    bound = fn.keywords if isinstance(fn, functools.partial) else {}
+    target = fn.func if isinstance(fn, functools.partial) else fn
+    return {k: p for k, p in inspect.signature(target).parameters.items()
+            if k not in ("classifier", "x", "y", "rng", *bound)}
 
 
 def make_attack(name: str, **settings):
@@ -48,5 +59,6 @@ __all__ = [
     "pgd",
     "rand_fgsm",
     "random_search",
+    "settings",
     "with_front_end",
 ]

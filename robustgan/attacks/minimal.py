@@ -7,6 +7,8 @@ evaluating the robustness of neural networks") optimizes a penalized objective.
 
 from __future__ import annotations
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -180,6 +182,10 @@ def deepfool(classifier: Classifier, x, y, rng=None, **kwargs):
     r = deepfool_perturbation(classifier, x, y, rng, **kwargs)
     x_adv = common.clip_to_bounds(classifier, x + r)
     return x_adv if kwargs.get("differentiable", False) else lax.stop_gradient(x_adv)
+
+
+# Its settings, as `inspect.signature` (attacks.settings) reports them, are deepfool_perturbation's.
+deepfool.__signature__ = inspect.signature(deepfool_perturbation)
 
 
 _GIVE_UP = 1e9  # an upper bound on c at or above this means no success yet (as C&W's code)

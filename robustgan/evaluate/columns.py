@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import functools
 import inspect
 import re
 from collections.abc import Callable
@@ -35,8 +34,6 @@ from robustgan.errors import ConfigError
 
 # Named attacks beyond the registry's: (registry attack, fixed settings).
 VARIANTS = {"pgd_margin": ("pgd", {"loss": "margin"})}
-# Attacks that pass their keyword settings on to another function.
-SETTINGS_OF = {"deepfool": attacks.deepfool_perturbation}
 WRAPPERS = ("bpda", "eot")
 _LABEL = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_\-]*)\s*=\s*(.+)$")
 
@@ -117,10 +114,6 @@ def _wrapper(name, args, settings, spec: str, eval_config) -> Callable:
     return Wrapped(inner, attacks.eot, (samples,))
 
 
-def _takes(fn, name: str) -> bool:
-    return name in inspect.signature(fn).parameters
-
-
 def attack(name: str, eval_config, *, spec: str | None = None, **settings) -> Callable:
     """The attack `name` with `settings`, the rest from eval_config (module docstring)."""
     spec = spec or name
@@ -128,11 +121,7 @@ def attack(name: str, eval_config, *, spec: str | None = None, **settings) -> Ca
     if base not in attacks.ATTACKS:
         raise ConfigError(f"attack spec {spec!r}: unknown attack {name!r}; choose one of "
                           f"{names()} or wrap one in {WRAPPERS}")
-    fn = SETTINGS_OF.get(base, attacks.ATTACKS[base])
-    target = fn.func if isinstance(fn, functools.partial) else fn
-    target = getattr(target, "__wrapped__", target)
-    parameters = {k: p for k, p in inspect.signature(target).parameters.items()
-                  if k not in ("classifier", "x", "y", "rng")}
+    parameters = attacks.settings(base)
     unknown = sorted(set(settings) - set(parameters))
     if unknown:
         raise ConfigError(f"attack spec {spec!r}: {name} has no setting(s) {unknown}; it "

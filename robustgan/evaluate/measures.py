@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -60,11 +59,6 @@ class AttackAtEps:
         return attacks.make_attack(self.name, eps=eps, **dict(self.settings), **step)
 
 
-def _takes_eps(name: str) -> bool:
-    fn = attacks.ATTACKS[name]
-    return "eps" in inspect.signature(getattr(fn, "func", fn)).parameters
-
-
 def attack_at_eps(name: str, *, step_fraction: float | None = None, **settings) -> AttackAtEps:
     """An `AttackAtEps` for the registry attack `name` with its other settings bound.
 
@@ -72,11 +66,11 @@ def attack_at_eps(name: str, *, step_fraction: float | None = None, **settings) 
     deepfool) take none, so there is no accuracy at an eps to measure with them.
     """
     common.check_choice("attack", name, tuple(attacks.ATTACKS))
-    if not _takes_eps(name):
+    if "eps" not in attacks.settings(name):
         raise ValueError(
             f"attack {name!r} takes no eps (it looks for a minimal perturbation), so it has "
             "no accuracy at an eps; choose an eps-bounded attack: "
-            f"{sorted(n for n in attacks.ATTACKS if _takes_eps(n))}"
+            f"{sorted(n for n in attacks.ATTACKS if 'eps' in attacks.settings(n))}"
         )
     return AttackAtEps(name, tuple(sorted(settings.items())), step_fraction)
 
