@@ -46,11 +46,14 @@ class ModelApply:
     batch_norm='eval' uses the running averages; 'batch_stats' normalizes with the
     statistics of the batch being attacked (as Wang & Yu's code evaluated) and throws
     the updated averages away. Dropout is off in both. Modules follow the models/
-    calling convention `module(x, train=..., batch_stats=...)`.
+    calling convention `module(x, train=..., batch_stats=...)`. method: the module's
+    method to apply (None: `__call__`; 'body': a model with a fixed first layer, applied
+    to inputs already in its input space, as Deep Defense measures perturbations there).
     """
 
     module: nn.Module
     batch_norm: str = "eval"
+    method: str | None = None
 
     def __post_init__(self):
         if self.batch_norm not in ("eval", "batch_stats"):
@@ -58,8 +61,23 @@ class ModelApply:
 
     def __call__(self, variables, x, rng=None):
         if self.batch_norm == "eval":
-            return self.module.apply(variables, x, train=False)
+            return self.module.apply(variables, x, train=False, method=self.method)
         logits, _ = self.module.apply(
-            variables, x, train=False, batch_stats=True, mutable=["batch_stats"]
+            variables, x, train=False, batch_stats=True, mutable=["batch_stats"],
+            method=self.method,
         )
         return logits
+
+
+def model_input_space(classifier: Classifier, x: jax.Array) -> tuple[Classifier, jax.Array]:
+    """(the classifier from its model's input space on, x mapped into that space) for a
+    model with a fixed first layer (a module with `preprocess` and `body` methods,
+    models/yan.py: the authors' mean-subtracted 0-255 or whitened inputs), where Deep
+    Defense measures ||r|| / ||x||; (classifier, x) unchanged for any other model. The
+    bounds stay the data's: only attacks that ignore them (unclipped DeepFool) apply."""
+    fn = classifier.apply_fn
+    if not (isinstance(fn, ModelApply) and fn.method is None
+            and hasattr(fn.module, "preprocess") and hasattr(fn.module, "body")):
+        return classifier, x
+    u = fn.module.apply(classifier.variables, x, method="preprocess")
+    return classifier.replace(apply_fn=dataclasses.replace(fn, method="body")), u

@@ -44,7 +44,7 @@ def results_table_markdown(title: str, results, columns, paper, notes: str,
 
 def table_figure(title: str, results, columns, png_path: str) -> None:
     """Grouped bars: one group per column, one bar per row."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.1 * len(columns) + 2, 3.2))
     width = 0.8 / max(len(results), 1)
     for i, (name, values) in enumerate(results.items()):
@@ -61,7 +61,7 @@ def table_figure(title: str, results, columns, png_path: str) -> None:
     plt.close(fig)
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -161,7 +161,7 @@ def plot_curves(
 
 def training_curves(metrics_path: str, png_path: str) -> None:
     """Plots every logged training metric against the step, one panel each."""
-    plt = _pyplot()
+    plt = pyplot()
     with open(metrics_path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
     if not rows:

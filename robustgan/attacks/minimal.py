@@ -47,7 +47,7 @@ def _unit_step(w: jax.Array, norm: str) -> jax.Array:
 
 def _perturbation(
     classifier, x, y, rng, norm, max_iter, overshoot, candidates, targeted, clip, early_stop,
-    unroll,
+    unroll, remat,
 ):
     """DeepFool's Algorithm 2, each example frozen once done: the final perturbation
     (1 + overshoot) * sum_i r_i, or with clip the clipped iterate minus x."""
@@ -105,6 +105,8 @@ def _perturbation(
         _, r_total, _ = lax.while_loop(lambda s: (s[0] < max_iter) & ~s[2], body, state)
     else:  # a fixed-length scan: reverse mode cannot go through a while loop
         scan_step = lambda r_total, i: (step(r_total, i)[0], None)
+        if remat:  # reverse mode recomputes each step instead of storing its activations
+            scan_step = jax.checkpoint(scan_step)
         r_total, _ = lax.scan(scan_step, jnp.zeros_like(x), jnp.arange(max_iter), unroll=unroll)
     return iterate(r_total) - x if clip else (1 + overshoot) * r_total
 
@@ -125,7 +127,7 @@ def _check_settings(arguments) -> None:
 
 @common.jit_attack(
     "norm", "max_iter", "candidates", "clip", "early_stop", "differentiable", "unroll",
-    validate=_check_settings,
+    "remat", validate=_check_settings,
 )
 def deepfool_perturbation(
     classifier: Classifier,
@@ -142,6 +144,7 @@ def deepfool_perturbation(
     early_stop: bool = False,
     differentiable: bool = False,
     unroll: int | None = None,
+    remat: bool = False,
 ):
     """DeepFool's perturbation r = (1 + overshoot) * sum_i r_i (Algorithm 2; Sec. 3.3 for L-inf).
 
@@ -162,16 +165,17 @@ def deepfool_perturbation(
     loop, for a random classifier under one draw), much faster when most examples need
     few steps; the same r for a deterministic classifier up to float round-off.
     differentiable=True leaves r differentiable with respect to the classifier's
-    variables (Deep Defense's regularizer; wrap a long differentiated run in
-    `jax.checkpoint` to bound memory); otherwise it is under `stop_gradient`. unroll:
-    the scan's unrolling (None: `common.default_unroll`).
+    variables (Deep Defense's regularizer); otherwise it is under `stop_gradient`.
+    remat=True puts each step of the scan under `jax.checkpoint`: reverse mode then
+    recomputes a step's forward pass instead of storing it (less memory, more time).
+    unroll: the scan's unrolling (None: `common.default_unroll`).
     """
     common.check_choice("norm", norm, common.NORMS)
     candidates = classifier.num_classes - 1 if candidates is None else candidates
     unroll = common.default_unroll(max_iter) if unroll is None else unroll
     r = _perturbation(
         classifier, x, y, rng, norm, max_iter, overshoot, candidates, targeted, clip,
-        early_stop, unroll,
+        early_stop, unroll, remat,
     )
     return r if differentiable else lax.stop_gradient(r)
 

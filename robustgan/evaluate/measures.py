@@ -30,7 +30,7 @@ import numpy as np
 
 from robustgan import attacks
 from robustgan.attacks import common
-from robustgan.classifier import Classifier
+from robustgan.classifier import Classifier, model_input_space
 from robustgan.evaluate.batching import AttackFn, map_batches
 
 AttackForEps = Callable[[jax.Array], AttackFn]  # eps (traced) -> attack
@@ -135,6 +135,8 @@ def robustness_curve(
 )
 def _rho_batch(classifier, xb, yb, key, norm, label, space, max_iter, overshoot, candidates,
                clip):
+    if space == "model_input":
+        classifier, xb = model_input_space(classifier, xb)
     predicted = classifier.logits(xb, key).argmax(-1)
     if label == "predicted":  # DeepFool's k(x): leave the predicted class
         target, targeted = predicted, False
@@ -146,7 +148,6 @@ def _rho_batch(classifier, xb, yb, key, norm, label, space, max_iter, overshoot,
     )
     after = classifier.logits(xb + r, key).argmax(-1)
     fooled = jnp.where(targeted, after == target, after != target)
-    origin = 0.0
     if space == "pixels":  # r and x in [0, 1] pixel units: the same rho for any value_range
         scale = common.data_scale(classifier)
         r, origin = r / scale, classifier.bounds[0]
@@ -173,7 +174,9 @@ def rho(
     fooled within max_iter ('fooled' is their fraction: below 1, rho is a lower bound).
     space='pixels' measures r and x in [0, 1] pixel units (x - low) / (high - low), so rho
     does not depend on the data's value_range; 'data' uses the classifier's data range
-    as is (Deep Defense measured in its own preprocessed spaces). clip=False is the
+    as is; 'model_input' runs DeepFool in the input space of a model with a fixed first
+    layer (`classifier.model_input_space`: Deep Defense's mean-subtracted or whitened
+    spaces, where its paper measured; unclipped only). clip=False is the
     paper's DeepFool, whose x + r may leave the data range; clip=True clips every
     iterate to it, so x + r is a valid image and rho the valid-image distance
     (`attacks.deepfool_perturbation`). DeepFool stops once every example of a batch is
@@ -181,7 +184,10 @@ def rho(
     """
     common.check_choice("norm", norm, common.NORMS)
     common.check_choice("label", label, ("predicted", "true"))
-    common.check_choice("space", space, ("pixels", "data"))
+    common.check_choice("space", space, ("pixels", "data", "model_input"))
+    if space == "model_input" and clip:
+        raise ValueError("rho(space='model_input') runs the unclipped DeepFool: the data "
+                         "range has no fixed shape in the model's input space")
     if label == "true" and y is None:
         raise ValueError("rho(label='true') needs the labels y")
     out = map_batches(

@@ -9,7 +9,7 @@ A new method is a module here that defines its builder and spec, plus one line b
 from __future__ import annotations
 
 from robustgan.errors import ConfigError
-from robustgan.methods import advnet, eat, supervised
+from robustgan.methods import advnet, deep_defense, deepfool_at, eat, parseval, supervised
 from robustgan.methods.base import Method, MethodSpec
 
 REGISTRY: dict[str, MethodSpec] = {spec.name: spec for spec in (
@@ -17,6 +17,9 @@ REGISTRY: dict[str, MethodSpec] = {spec.name: spec for spec in (
     supervised.PGD_AT,
     advnet.ADVNET,
     eat.EAT,
+    deep_defense.DEEP_DEFENSE,
+    deepfool_at.DEEPFOOL_AT,
+    parseval.PARSEVAL,
 )}
 
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 import ml_collections
 
 from robustgan.errors import ConfigError
-from robustgan.recipes import wang_yu
+from robustgan.recipes import wang_yu, yan
 
 RECIPES = {
     "wang_yu": wang_yu,
+    "yan": yan,
 }
 
 

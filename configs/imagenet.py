@@ -1,0 +1,14 @@
+"""ImageNet (ILSVRC-2012), Yan et al.'s Deep Defense setting (robustgan/recipes/yan.py):
+AlexNet or ResNet-18 fine-tuned with lambda 5, c 500, d 5, SGD lr 1e-4, batch 256, 10
+epochs (AlexNet) or 1 (ResNet). ImageNet is read through TFDS (`imagenet2012`) and is not
+on this machine: a run stops with a message naming the alternatives.
+
+Arg: 'standard,yan,<architecture>' (the reference) or '<method>,<architecture>' with
+method deep_defense, deepfool_at or parseval and architecture alexnet (default) or
+resnet18."""
+
+from robustgan import recipes
+
+
+def get_config(arg=None):
+    return recipes.get_config("imagenet2012", arg or "deep_defense", __file__)
