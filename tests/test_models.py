@@ -16,9 +16,13 @@ from robustgan.models.layers import max_pool_2x2
 
 NUM_CLASSES = 7
 BATCH = 2
-IMAGE_SIZE = {"d2": 32, "resnet18": 32}  # every other model takes 28x28
-WITH_BN = {"d1", "d2", "resnet18"}
-WITH_DROPOUT = {"dgan_a", "dgan_b", "dgan_c", "dgan_d"}
+# every other model takes 28x28
+IMAGE_SIZE = {"d2": 32, "resnet18": 32, "yan_convnet": 32, "yan_nin": 32, "alexnet": 224}
+WITH_BN = {"d1", "d2", "resnet18", "yan_nin"}
+WITH_DROPOUT = {"dgan_a", "dgan_b", "dgan_c", "dgan_d", "alexnet"}
+# The generic tests below run every model but AlexNet, slow on CPU at 224x224 (its test
+# is in test_models_yan.py).
+GENERIC_MODELS = tuple(name for name in MODEL_NAMES if name != "alexnet")
 
 
 def random_array(shape, seed=0):
@@ -47,7 +51,7 @@ def initialized_model(name, **kwargs):
     return model, x, jax.jit(model.init)(jax.random.key(0, impl="rbg"), x)
 
 
-@pytest.fixture(params=MODEL_NAMES)
+@pytest.fixture(params=GENERIC_MODELS)
 def initialized(request):
     return request.param, *initialized_model(request.param)
 
@@ -64,6 +68,11 @@ def test_model_names():
         "dgan_d",
         "dgan_e",
         "dgan_f",
+        "yan_mlp",
+        "yan_lenet",
+        "yan_convnet",
+        "yan_nin",
+        "alexnet",
     )
 
 
@@ -227,6 +236,10 @@ def test_unknown_model_name_lists_the_models():
         ("d1", {"width": 2}, "accepts use_bn"),
         ("d2", {"width": 0}, "width must be a positive int"),
         ("d1", {"use_bn": "yes"}, "use_bn must be a bool"),
+        ("yan_mlp", {"input_scale": 0}, "input_scale must be a positive finite number"),
+        ("yan_lenet", {"input_mean": "0.13"}, "input_mean must be a finite number"),
+        ("yan_nin", {"whitening": None}, "whitening must be a str"),
+        ("alexnet", {"whitening": "zca.npz"}, "accepts input_scale, input_mean "),
     ],
 )
 def test_bad_kwargs(name, kwargs, message):
