@@ -5,10 +5,11 @@ on this machine: a run stops with a message naming the alternatives.
 
 Arg: 'standard,yan,<architecture>' (the reference) or '<method>,<architecture>' with
 method deep_defense, deepfool_at or parseval and architecture alexnet (default) or
-resnet18."""
+resnet18 (any other method runs in the same setting)."""
 
 from robustgan import recipes
 
 
 def get_config(arg=None):
-    return recipes.get_config("imagenet2012", arg or "deep_defense", __file__)
+    # Every method takes Yan et al.'s ImageNet setting: no other paper here uses ImageNet.
+    return recipes.get_config("imagenet2012", f"{arg or 'deep_defense'},yan", __file__)

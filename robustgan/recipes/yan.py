@@ -205,27 +205,37 @@ def tables(dataset: str, config_file: str) -> dict:
     out = {f"deep_defense_table1_{a}": (lambda a=a: table1_config(dataset, a, config_file))
            for a in ARCHITECTURES.get(dataset, ()) if dataset != "imagenet2012"}
     if dataset == "mnist":
+        out["deep_defense_table1_mlp"] = lambda: table1_config(
+            dataset, "mlp", config_file, extra=True)
         # LeNet's regularized step takes ~5.6 s on this 2-core CPU (MLP: 0.09 s): the CPU
         # layout fine-tunes every row for the same LENET_CPU_STEPS steps, on 2,000 images.
         out["deep_defense_table1_lenet_cpu"] = lambda: table1_config(
-            dataset, "lenet", config_file, extra=True, steps=LENET_CPU_STEPS,
-            eval_examples=2000)
-        out["deep_defense_figure3"] = lambda: sweep_config(
-            "Yan et al. Figure 3 layout: LeNet, c and lambda", config_file,
-            architecture="lenet", c_values=(5, 15, 25, 35, 45), steps=SWEEP_STEPS,
-            groups=[(f"lambda={w:g}", {"deep_defense.weight": float(w)}) for w in (5, 15, 25)])
-        out["deep_defense_figure4"] = lambda: sweep_config(
-            "Yan et al. Figure 4 layout: LeNet, one regularized layer", config_file,
-            architecture="lenet", c_values=(5, 15, 25, 35, 45), steps=SWEEP_STEPS,
-            groups=[(label, {"deep_defense.layers": (path,)})
-                    for label, path in LENET_LAYERS.items()])
+            dataset, "lenet", config_file, steps=LENET_CPU_STEPS, eval_examples=2000)
+        for architecture, layers in SWEEP_LAYERS.items():
+            out[f"deep_defense_figure3_{architecture}"] = lambda a=architecture: sweep_config(
+                f"Yan et al. Figure 3 layout: {a}, c and lambda", config_file,
+                architecture=a, c_values=SWEEP_C, steps=SWEEP_STEPS[a],
+                groups=[(f"lambda={w:g}", {"deep_defense.weight": float(w)})
+                        for w in (5, 15, 25)])
+            out[f"deep_defense_figure4_{architecture}"] = lambda a=architecture, layers=layers: (
+                sweep_config(f"Yan et al. Figure 4 layout: {a}, one regularized layer",
+                             config_file, architecture=a, c_values=SWEEP_C,
+                             steps=SWEEP_STEPS[a],
+                             groups=[(label, {"deep_defense.layers": (path,)})
+                                     for label, path in layers.items()]))
     return out
 
 
 # Fine-tuning steps per row of the CPU layout of LeNet's Table 1 (the paper: 3,000).
 LENET_CPU_STEPS = 300
-# Fine-tuning steps of each Figure 3 / 4 run: a fifth of the paper's 5 MNIST epochs.
-SWEEP_STEPS = 600
-# LeNet's layers in the paper's names -> their parameter subtrees (models/yan.py).
-LENET_LAYERS = {"conv1": "ConvBNReLU_0", "conv2": "ConvBNReLU_1", "fc1": "Dense_0",
-                "fc2": "Dense_1"}
+# Figures 3 and 4 (the paper: LeNet, c in 5..45, the full 5-epoch schedule): c values,
+# and fine-tuning steps per run: LeNet the paper's 3,000 (~4.7 hours a run on this CPU:
+# GPU work); the MLP one epoch (600 steps, ~1 minute), the layout this CPU runs.
+SWEEP_C = (5, 15, 25, 35, 45)
+SWEEP_STEPS = {"mlp": 600, "lenet": 3000}
+# Each network's layers in the paper's names -> their parameter subtrees (models/yan.py).
+SWEEP_LAYERS = {
+    "lenet": {"conv1": "ConvBNReLU_0", "conv2": "ConvBNReLU_1", "fc1": "Dense_0",
+              "fc2": "Dense_1"},
+    "mlp": {"fc1": "Dense_0", "fc2": "Dense_1", "fc3": "Dense_2"},
+}
