@@ -189,6 +189,27 @@ def test_eps_ref_bisection_finds_the_closed_form_on_a_linear_binary_model():
     assert others[0.5] == pytest.approx(result["accuracy"][1.0], abs=1.5 / N)
 
 
+def _wrong_in_a_band(variables, x, rng=None):
+    """Class 0 wins unless the image's mean brightness d above 0.5 is in (0.1, 0.3):
+    FGS (which raises every pixel here) misclassifies from eps ~0.1 to ~0.3 only."""
+    d = x.reshape(x.shape[0], -1).mean(1) - 0.5
+    s = (d - 0.1) * (d - 0.3)
+    return jnp.stack([s, jnp.zeros_like(s)], axis=1)
+
+
+def test_eps_ref_finds_the_first_crossing_when_fgs_error_falls_again():
+    """On a model whose FGS error is 100% only in a band of eps and 0 at eps_max (every
+    pixel pushed to 1), eps_ref is the band's start (a bisection on [0, eps_max] alone
+    would see 0 errors at eps_max and give NaN)."""
+    clf = Classifier(_wrong_in_a_band, {}, (0.0, 1.0), 2)
+    x = np.full((BATCH, 4, 4, 1), 0.501, np.float32)
+    y = np.zeros(BATCH, np.int32)
+    assert measures.accuracy_at_eps(clf, x, y, measures.fgs, 1.0, batch_size=BATCH,
+                                    rng=key()) == 1.0
+    result = measures.eps_ref(clf, x, y, batch_size=BATCH, rng=key(), tol=1e-4)
+    assert result["eps_ref"] == pytest.approx(0.099, abs=2e-4)
+
+
 def test_eps_ref_edge_cases():
     clf = trained_mlp()
     x, y = eval_data()

@@ -86,7 +86,7 @@ def test_table1_study_runs_end_to_end_with_the_papers_columns(tmp_path):
         config.table.attacks, config.progress_bar = ("fgsm",), False
     results = studies.run(config, str(tmp_path))
     rows = results["rows"]
-    assert list(rows) == ["Reference", "Par. Train", "Adv. Train I", "Ours"]
+    assert list(rows) == ["Reference", "Clean fine-tune", "Par. Train", "Adv. Train I", "Ours"]
     for row in rows.values():
         assert row["rho_2_paper"] > 0 and row["rho_2_converged"] >= row["rho_2_paper"] - 1e-6
     # eps_ref is where FGS misclassifies half of the set: Ours is at most 50% there.

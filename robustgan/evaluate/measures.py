@@ -5,7 +5,7 @@
   mean ||r||_p / ||x||_p over the test set, r the DeepFool perturbation (the paper's, or
   with every iterate clipped to the data range: the distance to a valid image).
 - `eps_ref`: the smallest FGS eps that misclassifies 50% of a fixed set (Deep Defense
-  Sec. 4.1), by bisection, and the accuracies at 0.2 / 0.5 / 1.0 eps_ref.
+  Sec. 4.1), by a grid walk and bisection, and the accuracies at 0.2 / 0.5 / 1.0 eps_ref.
 - `sanity_checks`: checks that an evaluation is not fooled by gradient masking (Carlini
   et al. 2019, "On evaluating adversarial robustness"; Athalye et al. 2018): unbounded
   PGD, more PGD steps and random search, zero gradients, white box against transfer.
@@ -212,17 +212,20 @@ def rho(
 def eps_ref(
     classifier: Classifier, x, y, *, batch_size: int, rng, value_range=None, mesh=None,
     attack_fn_for_eps: AttackForEps = fgs, level: float = 0.5, eps_max: float = 1.0,
-    tol: float = 1e-3, fractions: Sequence[float] = DEEP_DEFENSE_FRACTIONS,
+    grid: int = 20, tol: float = 1e-3, fractions: Sequence[float] = DEEP_DEFENSE_FRACTIONS,
 ) -> dict:
     """Deep Defense's eps_ref: the smallest eps at which FGS misclassifies a `level` (50%)
-    fraction of the fixed set (x, y), by bisection on [0, eps_max] to within `tol`; then
-    the accuracies at `fractions` (0.2, 0.5, 1.0) of eps_ref.
+    fraction of the fixed set (x, y); then the accuracies at `fractions` (0.2, 0.5, 1.0)
+    of eps_ref.
 
-    The paper finds eps_ref on its regularized model and reports other models at that
-    eps: pass the result's 'eps_ref' to `accuracy_at_eps_ref` for them. Bisection
-    assumes the error rate grows with eps (FGS is one step, so it can dip; the checked
-    endpoints stand). Misclassified clean examples count as misclassified. eps_ref is
-    0 if the clean error already reaches `level`, NaN if eps_max does not.
+    FGS is one step, so its error need not grow with eps: on a robust model it can
+    cross 50% at a moderate eps and fall below it again toward eps_max (each pixel
+    pushed to 0 or 1). So the search walks a grid of `grid` steps up to eps_max to the
+    first eps that reaches `level`, then bisects between it and the grid point before,
+    to within `tol`. The paper finds eps_ref on its regularized model and reports other
+    models at that eps: pass the result's 'eps_ref' to `accuracy_at_eps_ref` for them.
+    Misclassified clean examples count as misclassified. eps_ref is 0 if the clean error
+    already reaches `level`, NaN if no grid eps does.
     """
     evaluate = functools.partial(
         accuracy_at_eps, classifier, x, y, attack_fn_for_eps, batch_size=batch_size,
@@ -231,15 +234,21 @@ def eps_ref(
     reached = lambda acc: 1.0 - acc >= level
     clean = evaluate(0.0)
     evaluations = 1
+    found, low, high = math.nan, 0.0, None
     if reached(clean):
         found = 0.0
-    elif not reached(evaluate(eps_max)):
-        found = math.nan
-        evaluations += 1
-        logging.warning("eps_ref: FGS at eps_max=%g misclassifies less than %g", eps_max, level)
     else:
-        low, high = 0.0, float(eps_max)
-        evaluations += 1
+        for k in range(1, grid + 1):
+            evaluations += 1
+            eps = eps_max * k / grid
+            if reached(evaluate(eps)):
+                high = eps
+                break
+            low = eps
+        if high is None:
+            logging.warning("eps_ref: FGS up to eps_max=%g misclassifies less than %g",
+                            eps_max, level)
+    if high is not None:
         while high - low > tol:
             mid = (low + high) / 2
             low, high = (low, mid) if reached(evaluate(mid)) else (mid, high)

@@ -5,9 +5,10 @@ its baselines (supplement Table 3), and the layouts of Table 1 and Figures 3 and
 `configs/<dataset>.py:<method>,<architecture>[,<option>]` with method deep_defense,
 deepfool_at (Adv. Train I) or parseval (Par. Train); `standard,yan,<architecture>` is
 the reference model. Architectures (models/yan.py): mlp, lenet (MNIST-like sets), convnet,
-nin (CIFAR-like), alexnet, resnet18 (ImageNet). Options of deep_defense: adv_train_ii
-(Goodfellow et al.'s objective alone, the supplement's Adv. Train II) and combined (Deep
-Defense + the FGS term, supplement Sec. 2).
+nin (CIFAR-like), alexnet, resnet18 (ImageNet). Options of deep_defense: clean (the
+original objective only: Figure 2's "Clean" fine-tuning, the control for what more
+training alone does), adv_train_ii (Goodfellow et al.'s objective alone, the supplement's
+Adv. Train II) and combined (Deep Defense + the FGS term, supplement Sec. 2).
 
 Inputs: data in [0, 1]; each model's fixed first layer maps them to the authors' space,
 255 x - 255 * (training-set mean) (MNIST: mean-subtracted 0-255 images). The authors
@@ -25,7 +26,7 @@ from robustgan.data import default_source
 from robustgan.errors import ConfigError
 
 METHODS = ("deep_defense", "deepfool_at", "parseval")
-OPTIONS = ("adv_train_ii", "combined")
+OPTIONS = ("clean", "adv_train_ii", "combined")
 MNIST_LIKE = ("mnist", "fashion_mnist")
 CIFAR_LIKE = ("cifar10", "cifar100", "svhn")
 # dataset -> (architectures, the first the default)
@@ -41,7 +42,7 @@ TRAIN_SIZE = {"mnist": 60_000, "fashion_mnist": 60_000, "cifar10": 50_000,
               "cifar100": 50_000, "svhn": 73_257, "imagenet2012": 1_281_167}
 # Reference training (not in the paper: the authors trained the MLP and downloaded the
 # others; supplement Sec. 6 gives momentum 0.9 and weight decay 5e-4): epochs.
-REFERENCE_EPOCHS = {"mnist": 10, "fashion_mnist": 10, "cifar10": 60, "cifar100": 60,
+REFERENCE_EPOCHS = {"mnist": 30, "fashion_mnist": 30, "cifar10": 60, "cifar100": 60,
                     "svhn": 20, "imagenet2012": 90}
 
 # Table 1 (%, rho_2 as a number): Acc., rho_2, Acc. at 0.2 / 0.5 / 1.0 eps_ref.
@@ -104,13 +105,16 @@ def config(dataset: str, arg) -> ml_collections.ConfigDict:
     c.train_attack.eps = c.eval.eps
     if method == "standard":
         # In the authors' 0-255 input space the first layer's gradient is ~255x larger
-        # than in [0, 1] units: SGD at 0.01 diverged within 20 steps; 3e-4 trains.
+        # than in [0, 1] units: SGD at 0.01 diverged within 20 steps. MNIST MLP, test
+        # accuracy: lr 3e-4 for 10 epochs 95.8%, lr 1e-3 for 30 epochs 97.2%.
         c.num_train_steps = REFERENCE_EPOCHS[dataset] * steps_per_epoch
         c.optimizer = optim.optimizer_config(
-            name="sgd", learning_rate=3e-4, momentum=0.9, weight_decay=5e-4,
+            name="sgd", learning_rate=1e-3, momentum=0.9, weight_decay=5e-4,
             schedule="step", decay_at=(0.5, 0.75))
     else:
         apply_fine_tuning(c, dataset, architecture, steps_per_epoch)
+    if "clean" in variants:  # fine-tuning on the original objective (Figure 2's "Clean")
+        c.deep_defense.weight = 0.0
     if "adv_train_ii" in variants:
         c.deep_defense.weight = 0.0
         c.deep_defense.clean_weight = c.deep_defense.fgs_weight = 0.5
@@ -149,11 +153,12 @@ def apply_fine_tuning(c, dataset: str, architecture: str, steps_per_epoch: int) 
 
 
 def table1_rows(architecture: str, *, extra: bool = False, steps: int = 0) -> list:
-    """Table 1's rows for one network: Reference, then Par. Train, Adv. Train I and Ours
-    fine-tuned from it (extra: the supplement's Adv. Train II and the combined method),
+    """Table 1's rows for one network: Reference, then Clean fine-tune (Figure 2's control),
+    Par. Train, Adv. Train I and Ours fine-tuned from it (extra: the supplement's Adv. Train II and the combined method),
     each for `steps` fine-tuning steps (0: the paper's schedule)."""
     start = {"init_from.run": "Reference", **({"num_train_steps": steps} if steps else {})}
     rows = [("Reference", f"standard,yan,{architecture}", 0),
+            ("Clean fine-tune", f"deep_defense,{architecture},clean", 0, start),
             ("Par. Train", f"parseval,{architecture}", 0, start),
             ("Adv. Train I", f"deepfool_at,{architecture}", 0,
              {**start, "deepfool_at.source": "Reference"}),

@@ -66,12 +66,12 @@ def cw_distance(classifier, x, y, *, batch_size: int, **common) -> dict:
 
 
 def pattern_checks(rows: dict[str, dict]) -> dict[str, bool]:
-    """The paper's claims on Table 1 (the issue's reproduction target): Ours has the
-    highest rho_2 of the rows and at least 1.3x the Reference's, clean accuracy at least
+    """The paper's claims on Table 1: Ours has the highest rho_2 of the rows (the combined
+    method, Ours + FGS, aside) and at least 1.3x the Reference's, clean accuracy at least
     the Reference's minus 0.3 points, and the highest accuracy at each fraction of
     eps_ref."""
     ours, ref = rows["Ours"], rows["Reference"]
-    others = [r for name, r in rows.items() if name != "Ours"]
+    others = [r for name, r in rows.items() if name not in ("Ours", "Ours + FGS")]
     checks = {
         "Ours has the highest rho_2": all(ours["rho_2_paper"] > r["rho_2_paper"] for r in others),
         "Ours rho_2 >= 1.3 x Reference": ours["rho_2_paper"] >= 1.3 * ref["rho_2_paper"],
