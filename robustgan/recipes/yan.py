@@ -153,9 +153,10 @@ def apply_fine_tuning(c, dataset: str, architecture: str, steps_per_epoch: int) 
 
 
 def table1_rows(architecture: str, *, extra: bool = False, steps: int = 0) -> list:
-    """Table 1's rows for one network: Reference, then Clean fine-tune (Figure 2's control),
-    Par. Train, Adv. Train I and Ours fine-tuned from it (extra: the supplement's Adv. Train II and the combined method),
-    each for `steps` fine-tuning steps (0: the paper's schedule)."""
+    """Table 1's rows for one network: Reference, then Clean fine-tune (Figure 2's
+    control), Par. Train, Adv. Train I and Ours fine-tuned from it (extra: the
+    supplement's Adv. Train II and the combined method), each for `steps` fine-tuning
+    steps (0: the paper's schedule)."""
     start = {"init_from.run": "Reference", **({"num_train_steps": steps} if steps else {})}
     rows = [("Reference", f"standard,yan,{architecture}", 0),
             ("Clean fine-tune", f"deep_defense,{architecture},clean", 0, start),
