@@ -83,6 +83,30 @@ def test_perturbation_ratio_on_a_linear_classifier_has_its_closed_form(num_class
         np.testing.assert_allclose(g[k], g_ref[k], rtol=1e-3, atol=1e-6)
 
 
+def _relu_net(variables, x, rng=None):
+    return jax.nn.relu(x.reshape(x.shape[0], -1) @ variables["w1"]) @ variables["w2"]
+
+
+def test_degenerate_examples_give_finite_gradients():
+    """An example whose ReLUs are all off has no input gradient (r = 0) and one whose
+    DeepFool step explodes would overflow exp(d ratio): the loss and its gradient stay
+    finite (the MNIST MLP went NaN at step ~1,500 before the guards)."""
+    variables = {"w1": jnp.abs(jax.random.normal(jax.random.key(12), (5, 4))),
+                 "w2": jax.random.normal(jax.random.key(13), (4, 3))}
+    x = jnp.concatenate([-jnp.ones((1, 5)), _points(3, seed=14)])  # row 0: every ReLU off
+    y = jnp.array([0, 1, 2, 0])
+
+    def reg(v):
+        ratio, correct = deep_defense.perturbation_ratio(
+            Classifier(_relu_net, v, (-10.0, 10.0), 3), x, y, steps=5, overshoot=0.02)
+        return deep_defense.regularizer(ratio, correct, c=25.0, d=5.0)
+
+    grads = jax.grad(reg)(variables)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+    capped = deep_defense.regularizer(jnp.array([1e6]), jnp.array([False]), c=25.0, d=5.0)
+    np.testing.assert_allclose(capped, np.exp(deep_defense.MAX_EXPONENT), rtol=1e-5)
+
+
 def test_fooled_examples_stop_moving():
     """Once across the boundary, further iterations add nothing: 1 step = 5 steps on a
     linear classifier, and an example already misclassified (untargeted) gets r = 0."""

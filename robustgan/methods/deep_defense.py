@@ -46,6 +46,8 @@ from robustgan.methods.base import Method, MethodSpec
 from robustgan.methods.supervised import supervised_net
 
 SPACES = ("model_input", "data")
+MAX_EXPONENT = 20.0  # exp(20) ~ 5e8: a misclassified example's penalty at most this
+_TINY = 1e-12
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -122,14 +124,20 @@ def perturbation_ratio(classifier: Classifier, x, y, *, steps: int, overshoot: f
     r = attacks.deepfool_perturbation(
         classifier, x, y, norm="l2", max_iter=steps, overshoot=overshoot, targeted=~correct,
         differentiable=True, remat=remat)
-    ratio = per_example_norm(r, "l2") / per_example_norm(x, "l2")
-    return ratio.reshape(-1), correct
+    # sqrt(sum r^2 + tiny): the norm's gradient at r = 0 (an example whose gradients all
+    # vanish, e.g. every ReLU off) is 0, not NaN.
+    norm_r = jnp.sqrt(jnp.sum(r.reshape(r.shape[0], -1) ** 2, axis=1) + _TINY)
+    return norm_r / per_example_norm(x, "l2").reshape(-1), correct
 
 
 def regularizer(ratio, correct, *, c: float, d: float):
     """Eq. 6 with R = exp, divided by the batch size (the authors' code):
-    mean_k [exp(-c ratio_k) if x_k is correct else exp(d ratio_k)]."""
-    return jnp.where(correct, jnp.exp(-c * ratio), jnp.exp(d * ratio)).mean()
+    mean_k [exp(-c ratio_k) if x_k is correct else exp(d ratio_k)]. The misclassified
+    branch's exponent is capped at MAX_EXPONENT: one example whose DeepFool step explodes
+    (a near-zero gradient) would otherwise overflow the loss to inf (seen on the MNIST
+    MLP at step ~1,500); below the cap nothing changes."""
+    wrong = jnp.exp(jnp.minimum(d * ratio, MAX_EXPONENT))
+    return jnp.where(correct, jnp.exp(-c * ratio), wrong).mean()
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
