@@ -160,11 +160,13 @@ def table1_rows(architecture: str, *, extra: bool = False, steps: int = 0) -> li
     supplement's Adv. Train II and the combined method), each for `steps` fine-tuning
     steps (0: the paper's schedule)."""
     start = {"init_from.run": "Reference", **({"num_train_steps": steps} if steps else {})}
+    adv_train_i = {**start, "deepfool_at.source": "Reference"}
+    if steps:  # the CPU layout: DeepFool's 5 steps (Deep Defense's), unrolled
+        adv_train_i["deepfool_at.steps"] = 5
     rows = [("Reference", f"standard,yan,{architecture}", 0),
             ("Clean fine-tune", f"deep_defense,{architecture},clean", 0, start),
             ("Par. Train", f"parseval,{architecture}", 0, start),
-            ("Adv. Train I", f"deepfool_at,{architecture}", 0,
-             {**start, "deepfool_at.source": "Reference"}),
+            ("Adv. Train I", f"deepfool_at,{architecture}", 0, adv_train_i),
             ("Ours", f"deep_defense,{architecture}", 0, start)]
     if extra:
         rows += [("Adv. Train II", f"deep_defense,{architecture},adv_train_ii", 0, start),
