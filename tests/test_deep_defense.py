@@ -90,7 +90,7 @@ def _relu_net(variables, x, rng=None):
 def test_degenerate_examples_give_finite_gradients():
     """An example whose ReLUs are all off has no input gradient (r = 0) and one whose
     DeepFool step explodes would overflow exp(d ratio): the loss and its gradient stay
-    finite (the MNIST MLP went NaN at step ~1,500 before the guards)."""
+    finite and bounded (the MNIST MLP went NaN at step ~1,500 before the guards)."""
     variables = {"w1": jnp.abs(jax.random.normal(jax.random.key(12), (5, 4))),
                  "w2": jax.random.normal(jax.random.key(13), (4, 3))}
     x = jnp.concatenate([-jnp.ones((1, 5)), _points(3, seed=14)])  # row 0: every ReLU off
@@ -104,7 +104,7 @@ def test_degenerate_examples_give_finite_gradients():
     grads = jax.grad(reg)(variables)
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
     capped = deep_defense.regularizer(jnp.array([1e6]), jnp.array([False]), c=25.0, d=5.0)
-    np.testing.assert_allclose(capped, np.exp(deep_defense.MAX_EXPONENT), rtol=1e-5)
+    np.testing.assert_allclose(capped, np.exp(5.0 * deep_defense.MAX_RATIO), rtol=1e-5)
 
 
 def test_fooled_examples_stop_moving():
