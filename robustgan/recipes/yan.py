@@ -13,7 +13,8 @@ Adv. Train II) and combined (Deep Defense + the FGS term, supplement Sec. 2).
 Inputs: data in [0, 1]; each model's fixed first layer maps them to the authors' space,
 255 x - 255 * (training-set mean) (MNIST: mean-subtracted 0-255 images). The authors
 also contrast-normalized and ZCA-whitened CIFAR: `--config.model.kwargs.whitening=FILE`
-(`python -m robustgan.data.whitening`) adds the whitening; the configs leave it off.
+(a file written by `robustgan.data.whitening.save_zca` from the training images) adds
+the whitening; the configs leave it off.
 """
 
 from __future__ import annotations
