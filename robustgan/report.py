@@ -20,13 +20,20 @@ def column_title(column: str) -> str:
 
 
 def markdown_table(rows: dict[str, dict[str, float]], columns: list[str],
-                   row_label: str = "model") -> str:
-    """Rows of accuracies (fractions) as a Markdown table in percent."""
+                   row_label: str = "model", plain=()) -> str:
+    """Rows of accuracies (fractions) as a Markdown table in percent; the columns in
+    `plain` (distances, ratios) as numbers to 4 significant digits."""
     header = f"| {row_label} | " + " | ".join(column_title(c) for c in columns) + " |"
     rule = "|---|" + "---:|" * len(columns)
     lines = [header, rule]
+
+    def cell(values, c):
+        if c not in values:
+            return "-"
+        return f"{values[c]:.4g}" if c in plain else f"{100 * values[c]:.2f}"
+
     for name, values in rows.items():
-        cells = " | ".join(f"{100 * values[c]:.2f}" if c in values else "-" for c in columns)
+        cells = " | ".join(cell(values, c) for c in columns)
         lines.append(f"| {name} | {cells} |")
     return "\n".join(lines) + "\n"
 

@@ -23,6 +23,8 @@ from robustgan import attacks, data, parallel, report, runs, table
 from robustgan.evaluate import measures, protocol
 
 PAPER_COLUMNS = ("clean", "rho_2_paper", "acc@0.2", "acc@0.5", "acc@1.0")
+# Columns that are ratios or distances, not accuracies.
+PLAIN = ("rho_2_paper", "rho_2_converged", "rho_2_pixels", "cw_l2_mean", "eps_ref")
 
 
 def _row_runs(config, workdir: str, saved: dict) -> dict[str, runs.Run]:
@@ -118,11 +120,11 @@ def table1(config, workdir: str) -> dict:
 
 def table1_markdown(title, rows, paper, checks, num_examples, measure_examples) -> str:
     columns = ["clean", "rho_2_paper", "rho_2_converged", "rho_2_converged_fooled_fraction",
-               "rho_2_pixels", "acc@0.2", "acc@0.5", "acc@1.0", "cw_l2_mean"]
-    text = report.markdown_table(rows, columns)
+               "rho_2_pixels", "eps_ref", "acc@0.2", "acc@0.5", "acc@1.0", "cw_l2_mean"]
+    text = report.markdown_table(rows, columns, plain=PLAIN)
     if paper:
         text += "\nThe paper (Table 1):\n\n" + report.markdown_table(
-            paper, [c for c in columns if c in PAPER_COLUMNS])
+            paper, [c for c in columns if c in PAPER_COLUMNS], plain=PLAIN)
     text += (f"\nrho_2 over {num_examples} test images (rho_2_paper: the authors' 5-step "
              "DeepFool in the model's input space, what the paper reports); accuracies at "
              f"fractions of eps_ref (FGS, found on Ours) over {measure_examples} images; "
@@ -152,7 +154,7 @@ def sweep(config, workdir: str) -> dict:
               for g in config.study.groups}
     png = os.path.join(workdir, "deep_defense_sweep.png")
     markdown = (f"# {config.table.title}\n\n"
-                + report.markdown_table(points, ["clean", "rho_2_paper"])
+                + report.markdown_table(points, ["clean", "rho_2_paper"], plain=PLAIN)
                 + f"\n{len(y)} test images; rho_2 as the paper (5-step DeepFool, model input "
                 f"space). Figure: {os.path.basename(png)}.\n")
     results = {"points": points, "groups": {g: list(p) for g, p in groups.items()},
