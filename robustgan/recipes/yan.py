@@ -103,7 +103,7 @@ def config(dataset: str, arg) -> ml_collections.ConfigDict:
     c.eval.pgd_steps, c.eval.pgd_step_size = 20, c.eval.eps / 8
     c.eval.attacks = ("fgsm", "pgd", "apgd_ce", "apgd_dlr")
     c.eval.measure_examples = 1000
-    c.train_attack.eps = c.eval.eps
+    c.train_attack.eps = c.advnet.eps = c.eval.eps  # other methods in this setting
     if method == "standard":
         # In the authors' 0-255 input space the first layer's gradient is ~255x larger
         # than in [0, 1] units: SGD at 0.01 diverged within 20 steps (MLP), LeNet at 1e-3
