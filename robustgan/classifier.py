@@ -69,15 +69,24 @@ class ModelApply:
         return logits
 
 
+def has_input_layer(classifier: Classifier) -> bool:
+    """Whether the classifier's model has a fixed first layer (a module with `preprocess`
+    and `body` methods, models/yan.py)."""
+    fn = classifier.apply_fn
+    return (isinstance(fn, ModelApply) and fn.method is None
+            and hasattr(fn.module, "preprocess") and hasattr(fn.module, "body"))
+
+
 def model_input_space(classifier: Classifier, x: jax.Array) -> tuple[Classifier, jax.Array]:
     """(the classifier from its model's input space on, x mapped into that space) for a
-    model with a fixed first layer (a module with `preprocess` and `body` methods,
-    models/yan.py: the authors' mean-subtracted 0-255 or whitened inputs), where Deep
-    Defense measures ||r|| / ||x||; (classifier, x) unchanged for any other model. The
-    bounds stay the data's: only attacks that ignore them (unclipped DeepFool) apply."""
+    model with a fixed first layer (`has_input_layer`: the authors' mean-subtracted 0-255
+    or whitened inputs in models/yan.py), where Deep Defense measures ||r|| / ||x||. The
+    bounds stay the data's: only attacks that ignore them (unclipped DeepFool) apply. A
+    model without such a layer has no separate input space: ValueError."""
+    if not has_input_layer(classifier):
+        raise ValueError("model_input_space: the model has no fixed first layer (a module "
+                         "with preprocess and body, models/yan.py); measure in 'data' or "
+                         "'pixels' space instead")
     fn = classifier.apply_fn
-    if not (isinstance(fn, ModelApply) and fn.method is None
-            and hasattr(fn.module, "preprocess") and hasattr(fn.module, "body")):
-        return classifier, x
     u = fn.module.apply(classifier.variables, x, method="preprocess")
     return classifier.replace(apply_fn=dataclasses.replace(fn, method="body")), u

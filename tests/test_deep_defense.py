@@ -316,3 +316,18 @@ def test_bad_configs_are_stopped_with_the_key_named(tmp_path):
                                      **{"deep_defense.space": "pixels"}))
     with pytest.raises(ConfigError, match="deepfool_at.source"):
         configlib.validate(_yan_tiny(tmp_path, "deepfool_at", "somewhere"))
+
+
+def test_model_input_space_refuses_a_model_without_a_fixed_first_layer():
+    """No silent fallback to the data space: rho in 'model_input' space, and the space
+    itself, need a model with `preprocess` and `body`."""
+    from robustgan.classifier import model_input_space
+    from robustgan.evaluate import measures
+
+    variables = {"w": jnp.ones((5, 3)), "b": jnp.zeros(3)}
+    classifier = Classifier(_linear, variables, (0.0, 1.0), 3)
+    with pytest.raises(ValueError, match="no fixed first layer"):
+        model_input_space(classifier, _points())
+    with pytest.raises(ValueError, match="no fixed first layer"):
+        measures.rho(classifier, np.zeros((4, 5), np.float32), np.zeros(4, np.int32),
+                     batch_size=4, space="model_input")

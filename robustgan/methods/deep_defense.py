@@ -40,7 +40,7 @@ from jax import lax
 from robustgan import attacks, nets
 from robustgan.attacks.common import cross_entropy, per_example_norm
 from robustgan.checks import check_at_least, check_choice, check_range
-from robustgan.classifier import Classifier, ModelApply, model_input_space
+from robustgan.classifier import Classifier, ModelApply, has_input_layer, model_input_space
 from robustgan.errors import ConfigError
 from robustgan.methods.base import Method, MethodSpec
 from robustgan.methods.supervised import supervised_net
@@ -192,8 +192,8 @@ def fine_tuning(config, num_classes: int, settings: ml_collections.ConfigDict):
     def init(rng, sample_x):
         state = net.init(rng, sample_x)
         check_layers(state.params, settings.layers)
-        if settings.weight and settings.space == "model_input" and not hasattr(
-                net.module, "body"):
+        if settings.weight and settings.space == "model_input" and not has_input_layer(
+                net.classifier(state)):
             raise ConfigError(
                 f"config.deep_defense.space='model_input': model {config.model.name!r} has "
                 "no fixed first layer (models/yan.py); use space='data'")

@@ -17,11 +17,15 @@ import json
 import os
 
 import jax
-import numpy as np
+import jax.numpy as jnp
 
 from robustgan import attacks, data, parallel, report, runs, table
+from robustgan.attacks.common import data_scale
 from robustgan.evaluate import measures, protocol
+from robustgan.evaluate.batching import map_batches
 
+CW_L2 = attacks.make_attack("cw_l2", steps=100, binary_steps=5, learning_rate=0.01,
+                            initial_const=0.1)
 PAPER_COLUMNS = ("clean", "rho_2_paper", "acc@0.2", "acc@0.5", "acc@1.0")
 # The rows Ours is compared with in `pattern_checks`: Table 1's, and the control.
 TABLE1_BASELINES = ("Reference", "Clean fine-tune", "Par. Train", "Adv. Train I")
@@ -53,20 +57,23 @@ def rho_columns(classifier, x, y, *, batch_size: int, **common) -> dict:
     return out
 
 
+@jax.jit
+def _cw_batch(classifier, xb, yb, key):
+    x_adv = CW_L2(classifier, xb, yb)
+    fooled = classifier.logits(x_adv).argmax(-1) != yb
+    distance = jnp.sqrt(((x_adv - xb) ** 2).reshape(len(yb), -1).sum(1))
+    return {"distance": distance / data_scale(classifier), "fooled": fooled}
+
+
 def cw_distance(classifier, x, y, *, batch_size: int, **common) -> dict:
     """Mean L2 distance (pixel units) of C&W-L2 examples (100 steps, 5 binary-search
     rounds) over the images it fooled, and the fooled fraction (supplement Table 2)."""
-    attack = attacks.make_attack("cw_l2", steps=100, binary_steps=5, learning_rate=0.01,
-                                 initial_const=0.1)
-    x_float = data.scale(x, common["value_range"])
-    x_adv = np.concatenate([np.asarray(attack(classifier, x_float[i:i + batch_size],
-                                              y[i:i + batch_size]))
-                            for i in range(0, len(y), batch_size)])
-    fooled = np.asarray(classifier.logits(x_adv).argmax(-1)) != y
-    low, high = classifier.bounds
-    dist = np.sqrt(((x_adv - x_float) ** 2).reshape(len(y), -1).sum(1)) / (high - low)
-    return {"cw_l2_mean": float(dist[fooled].mean()) if fooled.any() else float("nan"),
-            "cw_l2_fooled_fraction": float(fooled.mean()), "cw_examples": len(y)}
+    out = map_batches(_cw_batch, classifier, x, y, batch_size=batch_size,
+                      rng=jax.random.key(0), **common)
+    fooled = out["fooled"]
+    return {"cw_l2_mean": float(out["distance"][fooled].mean()) if fooled.any()
+            else float("nan"),
+            "cw_l2_fooled_fraction": float(fooled.mean()), "cw_examples": len(fooled)}
 
 
 def pattern_checks(rows: dict[str, dict]) -> dict[str, bool]:
