@@ -99,7 +99,8 @@ class YanConvNet(InputTransform):
     ReLU, conv5x5x32, ReLU, avgpool 2, conv5x5x64, ReLU, avgpool 2, conv4x4x64 (unpadded),
     ReLU, conv1x1 to the logits. The 5x5 convs pad 2 pixels per side; pooling is 2x2 with
     stride 2 (MatConvNet's net pools 3x3 with stride 2 and padding). Takes 32x32 images
-    (32 -> 16 -> 8 -> 4 -> 1).
+    (32 -> 16 -> 8 -> 4 -> 1). The 5x5 convolutions as im2col on CPU (Deep Defense's step
+    1.7x faster, the plain step 1.4x slower).
     """
 
     @nn.compact
@@ -107,7 +108,8 @@ class YanConvNet(InputTransform):
              batch_stats: bool | None = None) -> jax.Array:
         del train, batch_stats  # no dropout and no BatchNorm
         check_image_shape(u, "yan_convnet", 32, 32)
-        conv = partial(ConvBNReLU, kernel_size=5, padding=2, use_bn=False)
+        conv = partial(ConvBNReLU, kernel_size=5, padding=2, use_bn=False,
+                       conv=im2col_conv_on_cpu)
         avg_pool = partial(nn.avg_pool, window_shape=(2, 2), strides=(2, 2))
         u = max_pool_2x2(conv(32)(u, False))  # ReLU, max-pool: as the code's max-pool, ReLU
         u = avg_pool(conv(32)(u, False))

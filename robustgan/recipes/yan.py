@@ -129,11 +129,20 @@ def config(dataset: str, arg) -> ml_collections.ConfigDict:
     return c
 
 
+# Fine-tuning learning rates where the paper's 5e-4 fails here. In the 0-255 input space
+# our LeNet reference trains at 3e-4, not the MLP's 1e-3 (1e-3 diverged within 10 steps);
+# fine-tuned at 5e-4, LeNet's Deep Defense objective blew up by step 50 (batch accuracy
+# 0.71, cross-entropy 14) and plain fine-tuning lost 1.1 points of training accuracy. The
+# rate scaled as the reference's, 5e-4 * 3e-4 / 1e-3, trained stably (docs/yan.md).
+FINE_TUNING_LR = {"lenet": 1.5e-4}
+
+
 def apply_fine_tuning(c, dataset: str, architecture: str, steps_per_epoch: int) -> None:
     """Supplement Table 3 and Sec. 6: SGD momentum 0.9, weight decay 5e-4, batch 100, lr
-    5e-4 for 5 epochs (MNIST) or 50 (CIFAR-10), halved for the last epoch (MNIST: "after
-    four epochs") or the last 10 (CIFAR); ImageNet lr 1e-4 (constant), batch 256, 10
-    epochs (AlexNet) or 1 (ResNet). lambda 15, c 25, d 5 (NIN: c 70; ImageNet: lambda 5, c 500);
+    5e-4 (LeNet here: FINE_TUNING_LR) for 5 epochs (MNIST) or 50 (CIFAR-10), halved for
+    the last epoch (MNIST: "after four epochs") or the last 10 (CIFAR); ImageNet lr 1e-4
+    (constant), batch 256, 10 epochs (AlexNet) or 1 (ResNet). lambda 15, c 25, d 5 (NIN:
+    c 70; ImageNet: lambda 5, c 500);
     Parseval beta 1e-4 (MNIST) / 3e-4 (CIFAR); the FGS terms at the evaluation eps."""
     imagenet = dataset == "imagenet2012"
     epochs = ({"alexnet": 10, "resnet18": 1}[architecture] if imagenet
@@ -141,7 +150,8 @@ def apply_fine_tuning(c, dataset: str, architecture: str, steps_per_epoch: int) 
     c.num_train_steps = epochs * steps_per_epoch
     halved_epochs = 1 if dataset in MNIST_LIKE else 10  # ImageNet: no halving stated
     c.optimizer = optim.optimizer_config(
-        name="sgd", learning_rate=1e-4 if imagenet else 5e-4, momentum=0.9, weight_decay=5e-4,
+        name="sgd", learning_rate=1e-4 if imagenet else FINE_TUNING_LR.get(architecture, 5e-4),
+        momentum=0.9, weight_decay=5e-4,
         schedule="constant" if imagenet else "step",
         decay_at=(0.5,) if imagenet else (1 - halved_epochs / epochs,), decay_factor=0.5)
     d = c.deep_defense
