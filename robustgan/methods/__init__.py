@@ -9,7 +9,16 @@ A new method is a module here that defines its builder and spec, plus one line b
 from __future__ import annotations
 
 from robustgan.errors import ConfigError
-from robustgan.methods import advnet, deep_defense, deepfool_at, eat, parseval, supervised
+from robustgan.methods import (
+    advnet,
+    deep_defense,
+    deepfool_at,
+    defense_gan,
+    eat,
+    l2l_da,
+    parseval,
+    supervised,
+)
 from robustgan.methods.base import Method, MethodSpec
 
 REGISTRY: dict[str, MethodSpec] = {spec.name: spec for spec in (
@@ -20,6 +29,9 @@ REGISTRY: dict[str, MethodSpec] = {spec.name: spec for spec in (
     deep_defense.DEEP_DEFENSE,
     deepfool_at.DEEPFOOL_AT,
     parseval.PARSEVAL,
+    defense_gan.DEFENSE_GAN,
+    l2l_da.L2L_DA,
+    l2l_da.L2L,
 )}
 
 
