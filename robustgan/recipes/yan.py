@@ -165,16 +165,19 @@ def apply_fine_tuning(c, dataset: str, architecture: str, steps_per_epoch: int) 
     c.parseval.beta = 1e-4 if dataset in MNIST_LIKE else 3e-4
 
 
-def table1_rows(architecture: str, *, extra: bool = False, steps: int = 0) -> list:
+def table1_rows(architecture: str, *, extra: bool = False, steps: int = 0,
+                reference_steps: int = 0) -> list:
     """Table 1's rows for one network: Reference, then Clean fine-tune (Figure 2's
     control), Par. Train, Adv. Train I and Ours fine-tuned from it (extra: the
     supplement's Adv. Train II and the combined method), each for `steps` fine-tuning
-    steps (0: the paper's schedule)."""
+    steps (0: the paper's schedule) after `reference_steps` of the Reference (0: its
+    recipe's)."""
     start = {"init_from.run": "Reference", **({"num_train_steps": steps} if steps else {})}
     adv_train_i = {**start, "deepfool_at.source": "Reference"}
     if steps:  # the CPU layout: DeepFool's 5 steps (Deep Defense's), unrolled
         adv_train_i["deepfool_at.steps"] = 5
-    rows = [("Reference", f"standard,yan,{architecture}", 0),
+    reference = {"num_train_steps": reference_steps} if reference_steps else {}
+    rows = [("Reference", f"standard,yan,{architecture}", 0, reference),
             ("Clean fine-tune", f"deep_defense,{architecture},clean", 0, start),
             ("Par. Train", f"parseval,{architecture}", 0, start),
             ("Adv. Train I", f"deepfool_at,{architecture}", 0, adv_train_i),
@@ -186,15 +189,17 @@ def table1_rows(architecture: str, *, extra: bool = False, steps: int = 0) -> li
 
 
 def table1_config(dataset: str, architecture: str, config_file: str, *, extra: bool = False,
-                  steps: int = 0, eval_examples: int = 0,
+                  steps: int = 0, reference_steps: int = 0, eval_examples: int = 0,
                   cw_examples: int = 200) -> ml_collections.ConfigDict:
     """Table 1 on one network (robustgan/studies/deep_defense.py adds the rho_2 columns of
     the paper's DeepFool and C&W-L2 distances), eps_ref found on Ours; `steps` fine-tuning
     steps per row (0: the paper's schedule), `eval_examples` test images (0: all)."""
-    budget = f", {steps} fine-tuning steps per row" if steps else ""
+    budget = (f", {reference_steps} reference steps" if reference_steps else "") + (
+        f", {steps} fine-tuning steps per row" if steps else "")
     c = configlib.study_config(
         "deep_defense_table1", f"Yan et al. Table 1 layout: {dataset} {architecture}{budget}",
-        config_file, rows=table1_rows(architecture, extra=extra, steps=steps), surrogates=(),
+        config_file, rows=table1_rows(architecture, extra=extra, steps=steps,
+                                           reference_steps=reference_steps), surrogates=(),
         settings=dict(paper=tuple(PAPER_TABLE1.get(architecture, {}).items()) if dataset in (
             "mnist", "cifar10") else (), cw_examples=cw_examples))
     with c.unlocked():
@@ -228,7 +233,7 @@ def tables(dataset: str, config_file: str) -> dict:
     if dataset == "mnist":
         out["deep_defense_table1_mlp"] = lambda: table1_config(
             dataset, "mlp", config_file, extra=True)
-        # LeNet's regularized step takes ~5.6 s on this 2-core CPU (MLP: 0.09 s): the CPU
+        # LeNet's regularized step takes ~2-3 s on this 2-core CPU (MLP: 0.09 s): the CPU
         # layout fine-tunes every row for the same LENET_CPU_STEPS steps, on 2,000 images.
         out["deep_defense_table1_lenet_cpu"] = lambda: table1_config(
             dataset, "lenet", config_file, steps=LENET_CPU_STEPS, eval_examples=2000)
@@ -244,11 +249,21 @@ def tables(dataset: str, config_file: str) -> dict:
                              steps=SWEEP_STEPS[a],
                              groups=[(label, {"deep_defense.layers": (path,)})
                                      for label, path in layers.items()]))
+    if dataset == "cifar10":
+        # The ConvNet's regularized step takes ~28 s here (plain: 0.56 s): a CPU layout
+        # at a small fraction of the paper's scale (50 + 50 epochs, GPU work).
+        out["deep_defense_table1_convnet_cpu"] = lambda: table1_config(
+            dataset, "convnet", config_file, steps=CONVNET_CPU_STEPS,
+            reference_steps=CONVNET_CPU_REFERENCE_STEPS, eval_examples=500, cw_examples=100)
     return out
 
 
 # Fine-tuning steps per row of the CPU layout of LeNet's Table 1 (the paper: 3,000).
 LENET_CPU_STEPS = 300
+# The CIFAR-10 ConvNet's CPU layout: 3 epochs of the Reference (the paper's reference is
+# trained to convergence), 30 fine-tuning steps per row (the paper: 25,000).
+CONVNET_CPU_REFERENCE_STEPS = 1500
+CONVNET_CPU_STEPS = 30
 # Figures 3 and 4 (the paper: LeNet, c in 5..45, the full 5-epoch schedule): c values,
 # and fine-tuning steps per run: LeNet the paper's (c 5, 15, ..., 45; 3,000 steps, ~4.7
 # hours a run on this CPU: GPU work); the MLP c 5, 25, 45 and half an epoch (300 steps,
