@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax import lax
 
 from robustgan import attacks, models
 from robustgan.attacks import autopgd, common
@@ -307,6 +308,34 @@ def test_model_logits_gives_the_plain_input_gradient_of_a_conv_net(name):
     assert float(jnp.abs(plain).max()) > 0
     # Bit for bit: the restated convolutions run the same kernels on the same numbers.
     chex.assert_trees_all_equal(input_grad(lambda x_: common.model_logits(clf, x_)), plain)
+
+
+@pytest.mark.parametrize("padding,strides", [
+    ("VALID", (1, 1)), ("SAME", (2, 2)), (((2, 2), (2, 2)), (1, 1)), (((1, 0), (0, 2)), (2, 1))])
+def test_im2col_convolutions_equal_xla_convolutions_to_second_order(padding, strides):
+    """im2col_convolutions(fn) has fn's value, input gradient and the gradient of an
+    input-gradient norm with respect to the kernel (what Deep Defense differentiates),
+    in float64; a dilated convolution, which im2col does not compute, is left as it is."""
+    with jax.enable_x64(True):
+        kx, kk = jax.random.split(jax.random.key(0))
+        x = jax.random.normal(kx, (2, 7, 6, 3), jnp.float64)
+        kernel = jax.random.normal(kk, (3, 2, 3, 4), jnp.float64)
+
+        def conv(x, kernel, dilation=(1, 1)):
+            return jnp.tanh(lax.conv_general_dilated(
+                x, kernel, strides, padding, rhs_dilation=dilation,
+                dimension_numbers=("NHWC", "HWIO", "NHWC")))
+
+        def grad_norm(conv_fn, kernel):
+            return jnp.sum(jax.grad(lambda x: conv_fn(x, kernel).sum())(x) ** 2)
+
+        ours = common.im2col_convolutions(conv)
+        np.testing.assert_allclose(ours(x, kernel), conv(x, kernel), rtol=1e-12)
+        assert "conv_general_dilated" not in str(jax.make_jaxpr(ours)(x, kernel))
+        second_order = [jax.grad(functools.partial(grad_norm, fn))(kernel) for fn in (ours, conv)]
+        np.testing.assert_allclose(*second_order, rtol=1e-10)
+        dilated = common.im2col_convolutions(lambda x, k: conv(x, k, (2, 1)))
+        assert "conv_general_dilated" in str(jax.make_jaxpr(dilated)(x, kernel))
 
 
 def test_random_search_keeps_the_best_sample_as_update_best_ranks_them():

@@ -9,10 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax import lax
 
 from robustgan.errors import ConfigError
-from robustgan.models import MODEL_NAMES, get_model, layers
+from robustgan.models import MODEL_NAMES, get_model
 from robustgan.models.layers import max_pool_2x2
 
 NUM_CLASSES = 7
@@ -264,39 +263,3 @@ def test_wrong_image_shape(name):
         jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, wrong, wrong, 1)))
     with pytest.raises(ConfigError, match="got an input of shape"):  # no batch axis
         jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((size, size, 1)))
-
-
-@pytest.mark.parametrize("padding,strides", [
-    ("VALID", (1, 1)), ("SAME", (2, 2)), (((2, 2), (2, 2)), (1, 1)), (((1, 0), (0, 2)), (2, 1))])
-def test_im2col_conv_equals_xla_convolution_to_second_order(padding, strides):
-    """im2col_conv has lax.conv_general_dilated's value, input gradient and the gradient
-    of an input-gradient norm with respect to the kernel (what Deep Defense
-    differentiates), in float64."""
-    with jax.enable_x64(True):
-        kx, kk = jax.random.split(jax.random.key(0))
-        x = jax.random.normal(kx, (2, 7, 6, 3), jnp.float64)
-        kernel = jax.random.normal(kk, (3, 2, 3, 4), jnp.float64)
-        dims = ("NHWC", "HWIO", "NHWC")
-
-        def grad_norm(conv, kernel):
-            out = lambda x: jnp.sum(jnp.tanh(conv(x, kernel, strides, padding,
-                                                  dimension_numbers=dims)))
-            return jnp.sum(jax.grad(out)(x) ** 2)
-
-        ours, reference = layers.im2col_conv, lax.conv_general_dilated
-        np.testing.assert_allclose(ours(x, kernel, strides, padding, dimension_numbers=dims),
-                                   reference(x, kernel, strides, padding,
-                                             dimension_numbers=dims), rtol=1e-12)
-        second_order = [jax.grad(functools.partial(grad_norm, conv))(kernel)
-                        for conv in (ours, reference)]
-        np.testing.assert_allclose(*second_order, rtol=1e-10)
-
-
-def test_im2col_conv_refuses_what_it_does_not_compute():
-    x, kernel = jnp.zeros((1, 5, 5, 2)), jnp.zeros((3, 3, 2, 2))
-    with pytest.raises(ValueError, match="one group"):
-        layers.im2col_conv(x, kernel, (1, 1), "SAME", rhs_dilation=(2, 2),
-                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    with pytest.raises(ValueError, match="NHWC"):
-        layers.im2col_conv(x.transpose(0, 3, 1, 2), kernel, (1, 1), "SAME",
-                           dimension_numbers=("NCHW", "HWIO", "NCHW"))

@@ -126,9 +126,9 @@ def _has_conv(jaxpr) -> bool:
     )
 
 
-def _eval_conv_friendly(jaxpr, consts, *args):
+def _eval_with_convs(replace, jaxpr, consts, *args):
     """`jax.core.eval_jaxpr` with each single-group convolution (also inside nested jits)
-    replaced by `_conv_with_hwio_input_grad`'s."""
+    computed by `replace(params)(lhs, rhs)` instead."""
     env = {}
 
     def read(v):
@@ -141,10 +141,10 @@ def _eval_conv_friendly(jaxpr, consts, *args):
         params = eqn.params
         if (eqn.primitive is primitives.conv_general_dilated_p
                 and params["feature_group_count"] == 1 and params["batch_group_count"] == 1):
-            outputs = [_conv_with_hwio_input_grad(params)(*inputs)]
+            outputs = [replace(params)(*inputs)]
         elif eqn.primitive is primitives.jit_p and _has_conv(params["jaxpr"].jaxpr):
             inner = params["jaxpr"]
-            outputs = _eval_conv_friendly(inner.jaxpr, inner.consts, *inputs)
+            outputs = _eval_with_convs(replace, inner.jaxpr, inner.consts, *inputs)
         else:
             with eqn.ctx.manager:
                 outputs = eqn.primitive.bind(*inputs, **eqn.primitive.get_bind_params(params))
@@ -152,6 +152,23 @@ def _eval_conv_friendly(jaxpr, consts, *args):
                 outputs = [outputs]
         env.update(zip(eqn.outvars, outputs, strict=True))
     return [read(v) for v in jaxpr.outvars]
+
+
+def _with_convs(replace, fn):
+    """`fn` with its convolutions computed by `replace(params)` (identity off CPU)."""
+    if jax.default_backend() != "cpu":
+        return fn
+
+    @functools.wraps(fn)
+    def wrapped(*args):
+        flat, tree = jax.tree.flatten(args)
+        closed, out_shape = jax.make_jaxpr(
+            lambda *leaves: fn(*jax.tree.unflatten(tree, leaves)), return_shape=True
+        )(*flat)
+        outputs = _eval_with_convs(replace, closed.jaxpr, closed.consts, *flat)
+        return jax.tree.unflatten(jax.tree.structure(out_shape), outputs)
+
+    return wrapped
 
 
 def conv_friendly(fn):
@@ -170,19 +187,56 @@ def conv_friendly(fn):
     values and gradients are bit-identical. Convolutions inside control flow or custom
     derivatives of fn are left as they are.
     """
-    if jax.default_backend() != "cpu":
-        return fn
+    return _with_convs(_conv_with_hwio_input_grad, fn)
 
-    @functools.wraps(fn)
-    def wrapped(*args):
-        flat, tree = jax.tree.flatten(args)
-        closed, out_shape = jax.make_jaxpr(
-            lambda *leaves: fn(*jax.tree.unflatten(tree, leaves)), return_shape=True
-        )(*flat)
-        outputs = _eval_conv_friendly(closed.jaxpr, closed.consts, *flat)
-        return jax.tree.unflatten(jax.tree.structure(out_shape), outputs)
 
-    return wrapped
+_NHWC_HWIO = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ("NHWC", "HWIO", "NHWC"))
+
+
+def im2col_conv(lhs, rhs, *, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                dimension_numbers=None, feature_group_count=1, precision=None, **_):
+    """`lax.conv_general_dilated` (NHWC input, HWIO kernel, no dilation, one group) as
+    im2col: the kernel's windows sliced out of the padded input, concatenated along the
+    features, and one matrix product with the flattened kernel. Every derivative of this
+    form, to any order, is slices, pads and matrix products."""
+    dims = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+    if (dims != _NHWC_HWIO or feature_group_count != 1
+            or any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))):
+        raise ValueError("im2col_conv: NHWC inputs, HWIO kernels, no dilation and one "
+                         f"group only; got {dims}, groups {feature_group_count}, "
+                         f"dilations {lhs_dilation}, {rhs_dilation}")
+    kh, kw, c, f = rhs.shape
+    sh, sw = window_strides
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), window_strides, padding)
+    x = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
+    ho, wo = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
+    windows = [x[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
+               for i in range(kh) for j in range(kw)]
+    patches = jnp.concatenate(windows, axis=-1)
+    return jnp.matmul(patches, rhs.reshape(kh * kw * c, f), precision=precision)
+
+
+def _im2col_where_it_applies(params: dict):
+    """`im2col_conv` with these convolution parameters, or the convolution itself where
+    im2col does not apply (dilated, or not NHWC/HWIO)."""
+    dilations = (*params["lhs_dilation"], *params["rhs_dilation"])
+    if params["dimension_numbers"] == _NHWC_HWIO and all(d == 1 for d in dilations):
+        return functools.partial(im2col_conv, **params)
+    return functools.partial(primitives.conv_general_dilated_p.bind, **params)
+
+
+def im2col_convolutions(fn):
+    """`fn` with each NHWC/HWIO convolution computed as `im2col_conv` on CPU (identity on
+    other backends): the same values and derivatives, up to float rounding.
+
+    For programs that differentiate a network's input gradients again (Deep Defense's
+    regularizer: Jacobian rows of 9 classes at once, differentiated), whose kernel-gradient
+    convolutions XLA:CPU runs 3-4x slower than PyTorch (benchmarks/RESULTS.md): as im2col
+    LeNet's regularized step was 3.1x faster. Not for long unrolled attack loops: their
+    many sliced windows made XLA compile a LeNet evaluation for over 15 minutes.
+    """
+    return _with_convs(_im2col_where_it_applies, fn)
 
 
 def model_logits(classifier: Classifier, x: jax.Array, rng=None) -> jax.Array:

@@ -38,6 +38,7 @@ import optax
 from jax import lax
 
 from robustgan import attacks, nets
+from robustgan.attacks import common
 from robustgan.attacks.common import cross_entropy, per_example_norm
 from robustgan.checks import check_at_least, check_choice, check_range
 from robustgan.classifier import Classifier, ModelApply, has_input_layer, model_input_space
@@ -173,6 +174,10 @@ class DeepDefenseLoss:
             classifier, u = self._classifier(nets.variables(params, batch_stats)), x
             if s.space == "model_input":
                 classifier, u = model_input_space(classifier, x)
+            # Convolutions as im2col on CPU: XLA:CPU's convolutions differentiated twice
+            # are slow (benchmarks/RESULTS.md).
+            classifier = classifier.replace(
+                apply_fn=common.im2col_convolutions(classifier.apply_fn))
             ratio, correct = perturbation_ratio(
                 classifier, u, y, steps=s.deepfool_steps, overshoot=s.overshoot,
                 remat=s.remat)

@@ -7,7 +7,7 @@ statistics iff `batch_stats_mode(train, batch_stats)` is true; the caller then p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 
 import flax.linen as nn
@@ -50,52 +50,11 @@ def check_image_shape(x: jax.Array, model: str, height: int, width: int) -> None
         )
 
 
-_NHWC_HWIO = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ("NHWC", "HWIO", "NHWC"))
-
-
-def im2col_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                dimension_numbers=None, feature_group_count=1, precision=None):
-    """`lax.conv_general_dilated` (NHWC input, HWIO kernel, no dilation, one group) as
-    im2col: the kernel's windows sliced out of the padded input, concatenated along the
-    features, and one matrix product with the flattened kernel.
-
-    Every derivative of this form, to any order, is slices, pads and matrix products.
-    That is what Deep Defense's regularizer needs on XLA:CPU: it differentiates a
-    network's input gradients again (Jacobian rows of 9 classes at once), and XLA:CPU's
-    kernel-gradient convolutions of that program run 3-4x slower than PyTorch's
-    (benchmarks/RESULTS.md); as im2col LeNet's regularized step was 3.1x faster.
-    """
-    dims = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-    if (dims != _NHWC_HWIO or feature_group_count != 1
-            or any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))):
-        raise ValueError("im2col_conv: NHWC inputs, HWIO kernels, no dilation and one "
-                         f"group only; got {dims}, groups {feature_group_count}, "
-                         f"dilations {lhs_dilation}, {rhs_dilation}")
-    kh, kw, c, f = rhs.shape
-    sh, sw = window_strides
-    if isinstance(padding, str):
-        padding = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), window_strides, padding)
-    x = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
-    ho, wo = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw) // sw + 1
-    windows = [x[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
-               for i in range(kh) for j in range(kw)]
-    patches = jnp.concatenate(windows, axis=-1)
-    return jnp.matmul(patches, rhs.reshape(kh * kw * c, f), precision=precision)
-
-
-def im2col_conv_on_cpu(*args, **kwargs):
-    """`im2col_conv` on CPU, `lax.conv_general_dilated` on other backends (where the
-    vendor's convolutions and their gradients are the fast path)."""
-    conv = im2col_conv if jax.default_backend() == "cpu" else lax.conv_general_dilated
-    return conv(*args, **kwargs)
-
-
 class ConvBNReLU(nn.Module):
     """Convolution, then BatchNorm (if `use_bn`, else a conv bias), then ReLU (if `relu`).
 
     `padding` is 'SAME', 'VALID' or an int p (p pixels on every side, as PyTorch's
-    `padding=p`). `conv`: the convolution primitive (`lax.conv_general_dilated`'s
-    signature; None: that one), e.g. `im2col_conv_on_cpu`.
+    `padding=p`).
     """
 
     features: int
@@ -104,13 +63,12 @@ class ConvBNReLU(nn.Module):
     padding: str | int = "SAME"
     use_bn: bool = True
     relu: bool = True
-    conv: Callable | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, use_batch_stats: bool) -> jax.Array:
         k, s = self.kernel_size, self.strides
         x = nn.Conv(self.features, (k, k), (s, s), padding=self.padding,
-                    use_bias=not self.use_bn, conv_general_dilated=self.conv)(x)
+                    use_bias=not self.use_bn)(x)
         if self.use_bn:
             x = BatchNorm(use_running_average=not use_batch_stats)(x)
         return nn.relu(x) if self.relu else x

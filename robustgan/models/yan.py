@@ -19,13 +19,7 @@ from jax import lax
 
 from robustgan.data.whitening import load_zca
 from robustgan.errors import ConfigError
-from robustgan.models.layers import (
-    ConvBNReLU,
-    batch_stats_mode,
-    check_image_shape,
-    im2col_conv_on_cpu,
-    max_pool_2x2,
-)
+from robustgan.models.layers import ConvBNReLU, batch_stats_mode, check_image_shape, max_pool_2x2
 
 
 class InputTransform(nn.Module):
@@ -77,8 +71,7 @@ class YanMLP(InputTransform):
 class YanLeNet(InputTransform):
     """MatConvNet's MNIST LeNet (Sec. 4.1): conv5x5x20, maxpool 2, conv5x5x50, maxpool 2,
     FC 500, ReLU, FC; unpadded convolutions with no ReLU after them. Takes 28x28 images
-    (28 -> 24 -> 12 -> 8 -> 4). Convolutions as im2col on CPU (`im2col_conv`: Deep
-    Defense's step 3.1x faster).
+    (28 -> 24 -> 12 -> 8 -> 4).
     """
 
     @nn.compact
@@ -86,8 +79,7 @@ class YanLeNet(InputTransform):
              batch_stats: bool | None = None) -> jax.Array:
         del train, batch_stats  # no dropout and no BatchNorm
         check_image_shape(u, "yan_lenet", 28, 28)
-        conv = partial(ConvBNReLU, kernel_size=5, padding="VALID", use_bn=False, relu=False,
-                       conv=im2col_conv_on_cpu)
+        conv = partial(ConvBNReLU, kernel_size=5, padding="VALID", use_bn=False, relu=False)
         u = max_pool_2x2(conv(20)(u, False))
         u = max_pool_2x2(conv(50)(u, False))
         u = nn.relu(nn.Dense(500)(u.reshape(u.shape[0], -1)))
@@ -99,8 +91,7 @@ class YanConvNet(InputTransform):
     ReLU, conv5x5x32, ReLU, avgpool 2, conv5x5x64, ReLU, avgpool 2, conv4x4x64 (unpadded),
     ReLU, conv1x1 to the logits. The 5x5 convs pad 2 pixels per side; pooling is 2x2 with
     stride 2 (MatConvNet's net pools 3x3 with stride 2 and padding). Takes 32x32 images
-    (32 -> 16 -> 8 -> 4 -> 1). The 5x5 convolutions as im2col on CPU (Deep Defense's step
-    1.7x faster, the plain step 1.4x slower).
+    (32 -> 16 -> 8 -> 4 -> 1).
     """
 
     @nn.compact
@@ -108,8 +99,7 @@ class YanConvNet(InputTransform):
              batch_stats: bool | None = None) -> jax.Array:
         del train, batch_stats  # no dropout and no BatchNorm
         check_image_shape(u, "yan_convnet", 32, 32)
-        conv = partial(ConvBNReLU, kernel_size=5, padding=2, use_bn=False,
-                       conv=im2col_conv_on_cpu)
+        conv = partial(ConvBNReLU, kernel_size=5, padding=2, use_bn=False)
         avg_pool = partial(nn.avg_pool, window_shape=(2, 2), strides=(2, 2))
         u = max_pool_2x2(conv(32)(u, False))  # ReLU, max-pool: as the code's max-pool, ReLU
         u = avg_pool(conv(32)(u, False))
