@@ -15,6 +15,7 @@ from jax.flatten_util import ravel_pytree
 
 from robustgan import config as configlib
 from robustgan import runs, train
+from robustgan.attacks import recursive
 from robustgan.attacks.common import cross_entropy
 from robustgan.classifier import Classifier
 from robustgan.errors import ConfigError
@@ -246,7 +247,8 @@ def test_generator_gradient_through_the_recursion_matches_finite_differences(mon
     linear classifier the normalized input gradient is (w_other - w_y) / norm whatever
     x_adv is, so the stop_gradient on it leaves the function's derivative unchanged.
     The attacks' cross_entropy computes in float32: here a float64 one stands in."""
-    monkeypatch.setattr(l2l_da, "cross_entropy", optax.softmax_cross_entropy_with_integer_labels)
+    monkeypatch.setattr(recursive, "cross_entropy",
+                        optax.softmax_cross_entropy_with_integer_labels)
     with jax.enable_x64(True):
         x = images(jax.random.key(0), 4, dtype=jnp.float64)
         y = jnp.array([0, 1, 1, 0])

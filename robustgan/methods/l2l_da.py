@@ -33,10 +33,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -45,12 +43,8 @@ from flax import struct
 from jax import lax
 
 from robustgan import nets, optim
-from robustgan.attacks.common import (
-    cross_entropy,
-    default_unroll,
-    loss_and_input_grad,
-    model_logits,
-)
+from robustgan.attacks.common import cross_entropy, default_unroll
+from robustgan.attacks.recursive import GeneratorApply, Recursion, diversity_loss, trajectory
 from robustgan.checks import check_at_least, check_choice, check_range
 from robustgan.classifier import Classifier
 from robustgan.errors import ConfigError
@@ -59,7 +53,6 @@ from robustgan.methods.supervised import supervised_net
 from robustgan.models.unet import GRAD_NORMS, UNetGenerator
 
 CLASSIFIER_LOSSES = ("sum", "mean")
-_TINY = 1e-8  # in Eq. 7's denominator, as the authors' code
 
 # Table 1's rows as overrides of config.l2l_da (the full method: no override). R X is a
 # one-shot generator, which takes the whole eps in its one step (Eq. 4).
@@ -121,70 +114,6 @@ def validate(config, block: str = "l2l_da") -> None:
     if a.diversity_weight and not a.use_z:
         raise ConfigError(f"config.{block}.diversity_weight > 0 needs config.{block}.use_z: "
                           "the diversity loss (Eq. 7) compares two z samples")
-
-
-@dataclasses.dataclass(frozen=True)
-class GeneratorApply:
-    """(params, batch_stats, x, y, z, delta, grad) -> (direction, batch_stats) of a U-Net
-    generator in training mode: batch statistics, and the new running averages."""
-
-    module: nn.Module
-
-    def __call__(self, params, batch_stats, *inputs):
-        out, updates = self.module.apply(nets.variables(params, batch_stats), *inputs,
-                                         train=True, mutable=["batch_stats"])
-        return out, updates["batch_stats"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Recursion:
-    """The generator and the constants of Eq. 5; eps and eps_step in data units."""
-
-    generator: Callable
-    eps: float
-    eps_step: float
-    steps: int
-    remat: bool = False
-    unroll: int = 1
-
-
-def trajectory(rec: Recursion, phi, g_stats, classifier: Classifier, x, y, z):
-    """Eq. 5 from delta^(0) = 0: (x_adv^(t) for t = 1..T stacked (T, N, ...), per-example
-    CE(classifier(x_adv^(t)), y) (T, N), the generator's BatchNorm averages after its T
-    calls). grad_t is the input gradient of CE at stop_gradient(x_adv^(t)); delta^(t)
-    carries phi's gradient from step to step."""
-
-    def step(carry, _):
-        delta, x_adv, stats = carry
-        _, grad, _ = loss_and_input_grad(classifier, cross_entropy, lax.stop_gradient(x_adv),
-                                         y, None)
-        direction, stats = rec.generator(phi, stats, x, y, z, delta, grad)
-        delta = jnp.clip(delta + rec.eps_step * direction, -rec.eps, rec.eps)
-        x_adv = jnp.clip(x + delta, *classifier.bounds)
-        loss = cross_entropy(model_logits(classifier, x_adv), y)
-        return (delta, x_adv, stats), (x_adv, loss)
-
-    body = jax.checkpoint(step) if rec.remat else step
-    carry = (jnp.zeros_like(x), x, g_stats)
-    if rec.steps == 1:
-        # A one-step scan lowers to a while loop, which XLA:CPU runs convolutions in
-        # several times slower (game.ascend_generator).
-        (_, _, stats), (x_adv, loss) = body(carry, None)
-        return x_adv[None], loss[None], stats
-    (_, _, stats), (x_adv, loss) = lax.scan(body, carry, None, length=rec.steps,
-                                            unroll=rec.unroll)
-    return x_adv, loss, stats
-
-
-def diversity_loss(x_adv_1: jax.Array, x_adv_2: jax.Array, z1: jax.Array,
-                   z2: jax.Array) -> jax.Array:
-    """Eq. 7, averaged over examples: (1/T) sum_t ||x_adv^(t)(z1) - x_adv^(t)(z2)||_1
-    / ||z1 - z2||_1, the L1 norms over each example's pixels and z entries.
-    x_adv_k: the trajectories (T, N, ...) under z_k (N, z_dim)."""
-    steps, n = x_adv_1.shape[:2]
-    moved = jnp.abs(x_adv_1 - x_adv_2).reshape(steps, n, -1).sum(-1).mean(0)
-    apart = jnp.abs(z1 - z2).reshape(n, -1).sum(-1)
-    return (moved / (apart + _TINY)).mean()
 
 
 class GeneratorAux(NamedTuple):
