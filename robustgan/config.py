@@ -68,6 +68,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.init_from.run = ""
     c.init_from.networks = ()
 
+    # A defense's input front end (Defense-GAN's projection, Samangouei et al. Sec. 3.2):
+    # the classifier is evaluated behind the front end that the finished run `run` (a run
+    # directory, or in a table the name of an earlier row; '' = none) offers
+    # (`MethodSpec.front_end`), with this config's settings for it
+    # (config.defense_gan.projection: evaluation settings). train: the classifier also
+    # trains on the front end's outputs (Defense-GAN-Rec; Orig when False).
+    c.front_end = ml_collections.ConfigDict()
+    c.front_end.run = ""
+    c.front_end.train = False
+
     # The attack adversarial training runs against (pgd_at, eat): Madry et al. PGD.
     c.train_attack = ml_collections.ConfigDict()
     c.train_attack.eps = 0.3
@@ -166,13 +176,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.init_from.networks and not config.init_from.run:
         raise ConfigError("config.init_from.networks is set but config.init_from.run is empty: "
                           "name the run to warm-start from")
+    if config.front_end.train and not config.front_end.run:
+        raise ConfigError("config.front_end.train is set but config.front_end.run is empty: "
+                          "name the run whose front end to train on")
     spec.validate(config)
 
 
 def resumable_keys(config) -> tuple[str, ...]:
     """Keys (or prefixes) a resumed run of config.method may change (RESUMABLE_KEYS plus
-    the method's own)."""
-    return RESUMABLE_KEYS + methods.spec(config.method).resumable
+    the method's own); unless the run trains on its front end's outputs, also its front
+    end's run and settings (every method's `front_end_keys`: which method the run names
+    is not known here, and the others' are read by nothing)."""
+    keys = RESUMABLE_KEYS + methods.spec(config.method).resumable
+    if config.front_end.train:
+        return keys
+    return keys + ("front_end.run",) + tuple(
+        k for spec in methods.REGISTRY.values() for k in spec.front_end_keys)
 
 
 def is_resumable(key: str, resumable: tuple[str, ...]) -> bool:
@@ -181,8 +200,9 @@ def is_resumable(key: str, resumable: tuple[str, ...]) -> bool:
 
 
 def reference_keys(config) -> tuple[str, ...]:
-    """Keys whose values name finished runs: config.init_from.run and the method's own."""
-    return ("init_from.run",) + methods.spec(config.method).references
+    """Keys whose values name finished runs: config.init_from.run, config.front_end.run
+    and the method's own."""
+    return ("init_from.run", "front_end.run") + methods.spec(config.method).references
 
 
 def get(config, dotted: str):

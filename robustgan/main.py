@@ -35,7 +35,7 @@ def run(config, workdir: str, mode: str) -> dict:
     """Trains and/or evaluates as `mode` says; writes and returns the results."""
     import jax
 
-    from robustgan import parallel, report, studies, table, train
+    from robustgan import parallel, report, runs, studies, table, train
     from robustgan.evaluate import protocol
 
     kind = "study" if "study" in config else "table" if "table" in config else "run"
@@ -56,12 +56,12 @@ def run(config, workdir: str, mode: str) -> dict:
         dataset, method, state = train.train(config, workdir)
     else:
         dataset, method, state = train.restore_trained(config, workdir)
-    if method.classifier is None:
+    classifier = runs.evaluated_classifier(config, method, state)
+    if classifier is None:
         print(f"{config.method} trains no classifier: nothing to evaluate; its networks "
               f"({', '.join(method.networks)}) are in {workdir}", flush=True)
         return {}
     mesh = parallel.make_mesh()
-    classifier = method.classifier(state)
     results = protocol.evaluate(config, dataset, classifier, mesh)
     measures = None
     if config.eval.measures:
@@ -75,6 +75,9 @@ def run(config, workdir: str, mode: str) -> dict:
                 f"x{config.eval.pgd_restarts} restarts",
         "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
     }
+    if config.front_end.run:
+        context["front_end"] = (f"{config.front_end.run}"
+                                f"{' (also trained on)' if config.front_end.train else ''}")
     if jax.process_index() == 0:
         name = f"{config.data.name}/{config.method}"
         print(report.write_results(workdir, name, results, context, measures), flush=True)

@@ -6,7 +6,8 @@ from those alone, without reading data. A config refers to other runs by run
 references: config keys (`config.reference_keys`: config.init_from.run and the keys a
 method declares, e.g. config.eat.sources) whose values are run directories, or in a table
 the names of earlier rows (`table.py` rewrites them). `linked_runs` loads a method's
-references before the method is built; `warm_start` applies config.init_from.
+references before the method is built; `warm_start` applies config.init_from;
+`evaluated_classifier` puts a classifier behind config.front_end.run's front end.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from flax import traverse_util
 
 from robustgan import checkpoint, methods
 from robustgan import config as configlib
+from robustgan.attacks import adaptive
 from robustgan.errors import ConfigError
 
 CONFIG_FILE = "config.json"
@@ -32,20 +34,23 @@ CHECKPOINTS = "checkpoints"
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """A run restored from its directory: its config, Method and state at `step`."""
+    """A run restored from its directory: its config, Method and state at `step`, and
+    the shape of one input image."""
 
     workdir: str
     config: ml_collections.ConfigDict
     method: methods.Method
     state: Any
     step: int
+    input_shape: tuple[int, ...]
 
     def classifier(self):
-        """The run's Classifier; a ConfigError for a method that trains none."""
+        """The run's Classifier as it is evaluated (`evaluated_classifier`); a ConfigError
+        for a method that trains none."""
         if self.method.classifier is None:
             raise ConfigError(f"{self.workdir} trained {self.config.method!r}, which produces "
                               "no classifier; name a run that does")
-        return self.method.classifier(self.state)
+        return evaluated_classifier(self.config, self.method, self.state)
 
     def network(self, name: str):
         """The NetState of network `name` (a ConfigError naming the ones it has)."""
@@ -128,16 +133,48 @@ def load_run(workdir: str, step: int | None = None) -> Run:
     """The finished (or latest checkpointed) run in workdir, without reading its data."""
     config = read_config(workdir)
     method = build_method(config)
-    sample = jax.ShapeDtypeStruct((1, *_input_shape(config, workdir)), np.float32)
+    input_shape = _input_shape(config, workdir)
+    sample = jax.ShapeDtypeStruct((1, *input_shape), np.float32)
     template = jax.eval_shape(method.init, init_key(config), sample)
     ckpts = checkpoint.Checkpoints(os.path.join(workdir, CHECKPOINTS), config.keep_checkpoints)
     try:
         step = ckpts.latest_step() if step is None else step
         if step is None:
             raise ConfigError(f"no checkpoint in {workdir}: train first (--mode train)")
-        return Run(os.path.abspath(workdir), config, method, ckpts.restore(template, step), step)
+        return Run(os.path.abspath(workdir), config, method, ckpts.restore(template, step),
+                   step, input_shape)
     finally:
         ckpts.close()
+
+
+def front_end(config) -> tuple[adaptive.FrontEndFn, Any]:
+    """(front end, its variables) that the run config.front_end.run offers to the run of
+    `config` (its method's `MethodSpec.front_end`, given config's settings for it); a
+    ConfigError if that run's method offers none or its data range differs."""
+    source = load_run(config.front_end.run)
+    builder = methods.spec(source.config.method).front_end
+    if builder is None:
+        offering = sorted(n for n, s in methods.REGISTRY.items() if s.front_end is not None)
+        raise ConfigError(f"config.front_end.run={config.front_end.run!r} trained "
+                          f"{source.config.method!r}, which offers no front end; name a run "
+                          f"of {offering}")
+    here, there = (tuple(c.data.value_range) for c in (config, source.config))
+    if here != there:
+        raise ConfigError(f"config.front_end.run={config.front_end.run!r} works on data in "
+                          f"{there}; this run's data.value_range is {here}")
+    return builder(config, source)
+
+
+def evaluated_classifier(config, method: methods.Method, state):
+    """The Classifier a run of `config` is evaluated as: its method's, behind the front end
+    of config.front_end.run when set (`attacks.with_front_end`: Defense-GAN, Samangouei et
+    al. Sec. 3.2); None for a method that trains no classifier."""
+    if method.classifier is None:
+        return None
+    classifier = method.classifier(state)
+    if not config.front_end.run:
+        return classifier
+    return adaptive.with_front_end(*front_end(config), classifier)
 
 
 def resolve(config, names: dict[str, str]) -> ml_collections.ConfigDict:

@@ -78,8 +78,7 @@ def train_runs(config, workdir: str):
         run_dir = run_dirs[name] = os.path.join(workdir, run_name(run_config, overrides))
         print(f"[table] {name}: {arg} seed {seed} in {run_dir}", flush=True)
         dataset, method, state = train.train(run_config, run_dir)
-        classifier = method.classifier(state) if method.classifier else None
-        trained[name] = (run_config, classifier)
+        trained[name] = (run_config, runs.evaluated_classifier(run_config, method, state))
     return trained, run_dirs, dataset
 
 

@@ -8,6 +8,7 @@ exactly the steps an uninterrupted run takes.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -102,6 +103,17 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+def step_on_front_end(train_step, front_end, state, x, y, rng, front_end_variables):
+    """train_step on the batch, or with a front end (config.front_end.train) on its image
+    of the batch under stop_gradient (Defense-GAN-Rec: the classifier trained on
+    reconstructions G(z*(x)), Samangouei et al. Sec. 3.2), drawn with the first half of
+    the step's key."""
+    if front_end is not None:
+        front_rng, rng = jax.random.split(rng)
+        x = jax.lax.stop_gradient(front_end(front_end_variables, x, front_rng))
+    return train_step(state, x, y, rng)
+
+
 def train(config, workdir: str):
     """Trains config.method to config.num_train_steps, resuming from workdir if possible.
 
@@ -127,7 +139,11 @@ def train(config, workdir: str):
         _truncate_log(log_path, start)
 
     state = parallel.replicate(state, mesh)
-    step_fn = jax.jit(method.train_step, donate_argnums=0)
+    front, front_variables = (runs.front_end(config) if config.front_end.train
+                              and start < total else (None, None))
+    front_variables = parallel.replicate(front_variables, mesh)
+    step_fn = jax.jit(functools.partial(step_on_front_end, method.train_step, front),
+                      donate_argnums=0)
     log = MetricsLog(workdir)
     base_key = jax.random.key(config.seed + 1)
     batches = data.train_batches(
@@ -141,7 +157,8 @@ def train(config, workdir: str):
         for step in range(start, total):
             x, y = next(batches)
             x, y = parallel.shard_batch((data.scale(x, config.data.value_range), y), mesh)
-            state, metrics = step_fn(state, x, y, jax.random.fold_in(base_key, step))
+            state, metrics = step_fn(state, x, y, jax.random.fold_in(base_key, step),
+                                     front_variables)
             pending.append((step + 1, metrics))
             done = step + 1
             save = done % config.checkpoint_every == 0 or done == total

@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from robustgan.attacks.adaptive import FrontEndFn
 from robustgan.classifier import Classifier
 
 State = Any
@@ -51,6 +52,10 @@ class Method:
 # (config, num_classes, runs) -> Method. runs maps each of the spec's reference keys to
 # the finished runs it names (`runs.Run`), loaded before the method is built.
 Builder = Callable[[ml_collections.ConfigDict, int, Mapping[str, tuple]], Method]
+# (config of the run it defends, a loaded run of this method (`runs.Run`)) ->
+# (front end, its variables): the input transformation a classifier run is put behind
+# when its config.front_end.run names a run of this method (`attacks.with_front_end`).
+FrontEndBuilder = Callable[[ml_collections.ConfigDict, Any], tuple[FrontEndFn, Any]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +71,11 @@ class MethodSpec:
       table a row name), loaded and handed to `build`.
     resumable: config keys a resumed run may change without changing what it trains
       (beyond config.RESUMABLE_KEYS): references, and evaluation-time settings.
+    front_end: the FrontEndBuilder of the front end this method's runs offer to the
+      classifier runs that name them in config.front_end.run (None: none).
+    front_end_keys: keys (or prefixes ending in '.') of the defended run's config that
+      the front end reads: evaluation settings of that run, unless it trains on the
+      front end's outputs (config.front_end.train).
     """
 
     name: str
@@ -74,3 +84,5 @@ class MethodSpec:
     validate: Callable[[ml_collections.ConfigDict], None] = lambda config: None
     references: tuple[str, ...] = ()
     resumable: tuple[str, ...] = ()
+    front_end: FrontEndBuilder | None = None
+    front_end_keys: tuple[str, ...] = ()

@@ -209,9 +209,10 @@ def defense_gan(config, num_classes: int, runs=None) -> Method:
                   networks={"generator": "generator", "critic": "critic"})
 
 
-def front_end(config, channels: int = 1) -> projection.ProjectionFrontEnd:
-    """The projection of config.defense_gan.projection through this run's generator."""
-    p = config.defense_gan.projection
+def front_end(config, channels: int = 1, settings=None) -> projection.ProjectionFrontEnd:
+    """The projection through the generator of config.defense_gan, with the projection
+    `settings` (default config.defense_gan.projection)."""
+    p = config.defense_gan.projection if settings is None else settings
     low, high = config.data.value_range
     return projection.ProjectionFrontEnd(
         generate=GeneratorApply(wgan_gp(config, channels).generator),
@@ -239,5 +240,16 @@ def defended_classifier(config, state: DefenseGANState, classifier: Classifier,
                                    nets.variables(state.generator.params, {}), classifier)
 
 
+def offered_front_end(config, run):
+    """MethodSpec.front_end: the projection (Sec. 3.2) through the trained generator of
+    `run` (a defense_gan run: its architecture and data range), with the defended
+    classifier run's `config.defense_gan.projection` (L, R, ...), so one GAN run serves
+    every setting of Figure 3 and Table 4."""
+    return (front_end(run.config, run.input_shape[-1], config.defense_gan.projection),
+            nets.variables(run.state.generator.params, {}))
+
+
 DEFENSE_GAN = MethodSpec("defense_gan", build=defense_gan, defaults=defaults,
-                         validate=validate, resumable=("defense_gan.projection.",))
+                         validate=validate, resumable=("defense_gan.projection.",),
+                         front_end=offered_front_end,
+                         front_end_keys=("defense_gan.projection.",))

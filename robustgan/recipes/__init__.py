@@ -15,10 +15,12 @@ from __future__ import annotations
 import ml_collections
 
 from robustgan.errors import ConfigError
-from robustgan.recipes import wang_yu, yan
+from robustgan.recipes import defense_gan, l2l_da, wang_yu, yan
 
 RECIPES = {
     "wang_yu": wang_yu,
+    "defense_gan": defense_gan,
+    "l2l_da": l2l_da,
     "yan": yan,
 }
 
