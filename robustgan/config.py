@@ -21,6 +21,7 @@ import ml_collections
 
 from robustgan import methods, optim
 from robustgan.checks import check_at_least, check_choice, check_range
+from robustgan.data import default_source
 from robustgan.errors import ConfigError
 from robustgan.evaluate.columns import white_box as attacks_by_name
 
@@ -127,6 +128,24 @@ def base_config() -> ml_collections.ConfigDict:
     c.progress_bar = True
     # Options given after the method in the config argument (e.g. "cpu"), for the record.
     c.options = ""
+    return c
+
+
+# Dataset names whose TFDS name differs, and class counts other than 10.
+TFDS_NAMES = {"svhn": "svhn_cropped"}
+NUM_CLASSES = {"cifar100": 100, "imagenet2012": 1000}
+
+
+def method_config(method: str, options, dataset: str) -> ml_collections.ConfigDict:
+    """base_config() for `method` with `options` on `dataset`: its data source, class count
+    and the [0, 1] value range (what a paper's recipe starts from)."""
+    c = base_config()
+    c.method = method
+    c.options = ",".join(sorted(options))
+    c.data.name = TFDS_NAMES.get(dataset, dataset)
+    c.data.source, c.data.dir = default_source(c.data.name)
+    c.data.num_classes = NUM_CLASSES.get(dataset, 10)
+    c.data.value_range = (0.0, 1.0)
     return c
 
 

@@ -22,15 +22,12 @@ import ml_collections
 
 from robustgan import config as configlib
 from robustgan import optim
-from robustgan.data import default_source
 from robustgan.errors import ConfigError
 from robustgan.recipes.yan import TRAIN_SIZE
 
 METHODS = ("defense_gan",)
 DATASETS = ("mnist", "fashion_mnist")  # the paper's (and the 28x28 networks')
 CLASSIFIERS = ("a", "b", "c", "d")
-TFDS_NAMES = {"svhn": "svhn_cropped"}
-NUM_CLASSES = {"cifar100": 100, "imagenet2012": 1000}
 BATCH_SIZE = 50  # the authors' config (experiments/cfgs/gans/default.yml), GAN and classifiers
 GENERATOR_ITERATIONS = 200_000
 CLASSIFIER_EPOCHS = 10
@@ -66,13 +63,8 @@ def config(dataset: str, arg) -> ml_collections.ConfigDict:
     model = models[0] if models else "a"
     if method != "defense_gan":
         options.add(model)  # named in the run's directory
-    c = configlib.base_config()
-    c.method = method
-    c.options = ",".join(sorted(options))
-    c.data.name = TFDS_NAMES.get(dataset, dataset)
-    c.data.source, c.data.dir = default_source(c.data.name)
-    c.data.num_classes = NUM_CLASSES.get(dataset, 10)
-    c.data.value_range = (0.0, 1.0)  # the generator's sigmoid output (Table 6)
+    # [0, 1] data: the generator's sigmoid output (Table 6).
+    c = configlib.method_config(method, options, dataset)
     c.batch_size = BATCH_SIZE
     cpu = "cpu" in options
     if method == "defense_gan":

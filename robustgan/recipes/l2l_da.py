@@ -17,12 +17,9 @@ import ml_collections
 
 from robustgan import config as configlib
 from robustgan import optim
-from robustgan.data import default_source
 
 METHODS = ("l2l_da", "l2l")
 MNIST_LIKE = ("mnist", "fashion_mnist")
-NUM_CLASSES = {"cifar100": 100, "imagenet2012": 1000}
-TFDS_NAMES = {"svhn": "svhn_cropped"}
 ITERATIONS = 100_000
 TABLE2_ATTACKS = ("fgsm", "pgd10=pgd(steps=10)", "pgd100=pgd(steps=100)",
                   "cw100=pgd(steps=100, loss=\"margin\")", "apgd_ce", "apgd_dlr")
@@ -32,13 +29,7 @@ def config(dataset: str, arg) -> ml_collections.ConfigDict:
     """The paper's setting of `arg` ('l2l_da' or 'l2l') on `dataset`, locked."""
     method, options = configlib.parse_arg(arg, ())
     mnist_like = dataset in MNIST_LIKE
-    c = configlib.base_config()
-    c.method = method
-    c.options = ",".join(sorted(options))
-    c.data.name = TFDS_NAMES.get(dataset, dataset)
-    c.data.source, c.data.dir = default_source(c.data.name)
-    c.data.num_classes = NUM_CLASSES.get(dataset, 10)
-    c.data.value_range = (0.0, 1.0)
+    c = configlib.method_config(method, options, dataset)  # [0, 1] data
     c.model.name = "lenet5" if mnist_like else "resnet18"
     c.batch_size = 100
     c.num_train_steps = ITERATIONS
