@@ -83,6 +83,30 @@ def test_perturbation_ratio_on_a_linear_classifier_has_its_closed_form(num_class
         np.testing.assert_allclose(g[k], g_ref[k], rtol=1e-3, atol=1e-6)
 
 
+def test_the_nearest_boundary_is_not_the_runner_up_class():
+    """A linear classifier at x = 0 where class 1 has the smaller logit gap (0.1) but a
+    far boundary (gap / ||w_1 - w_0|| = 0.1 / 0.01 = 10) and class 2 the larger gap (1)
+    but the nearest boundary (1 / 10 = 0.1): DeepFool's r and its gradient follow class
+    2, the argmin of the distance, not the most likely other class."""
+    with jax.enable_x64(True):
+        x = jnp.array([[0.0, 0.0, 1.0]])  # the third input is constant 1: ||x|| = 1
+        w = jnp.array([[0.0, 0.01, 0.0], [0.0, 0.0, 10.0], [0.0, 0.0, 0.0]])
+        variables = {"w": w, "b": jnp.array([0.0, -0.1, -1.0])}
+        y = jnp.array([0])
+
+        def ratio_of(v):
+            classifier = Classifier(_linear, v, (-100.0, 100.0), 3)
+            return deep_defense.perturbation_ratio(classifier, x, y, steps=1,
+                                                   overshoot=0.02)[0][0]
+
+        # r = 1.02 * (1 / ||w_2 - w_0||^2) (w_2 - w_0) = 0.102 e_2; d ratio / d w[1, 2]
+        # = 1.02 * d(|b_2| / w[1, 2]) / d w[1, 2] = -1.02 * 1 / 100.
+        np.testing.assert_allclose(ratio_of(variables), 0.102, rtol=1e-9)
+        grad = jax.grad(ratio_of)(variables)
+        np.testing.assert_allclose(grad["w"][1, 2], -1.02 / 100, rtol=1e-9)
+        np.testing.assert_allclose(grad["w"][0, 1], 0.0, atol=1e-12)
+
+
 def _relu_net(variables, x, rng=None):
     return jax.nn.relu(x.reshape(x.shape[0], -1) @ variables["w1"]) @ variables["w2"]
 

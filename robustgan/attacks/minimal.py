@@ -47,10 +47,15 @@ def _unit_step(w: jax.Array, norm: str) -> jax.Array:
 
 def _perturbation(
     classifier, x, y, rng, norm, max_iter, overshoot, candidates, targeted, clip, early_stop,
-    unroll, remat,
+    unroll, remat, differentiable,
 ):
     """DeepFool's Algorithm 2, each example frozen once done: the final perturbation
-    (1 + overshoot) * sum_i r_i, or with clip the clipped iterate minus x."""
+    (1 + overshoot) * sum_i r_i, or with clip the clipped iterate minus x.
+
+    differentiable: reverse mode will differentiate r. The candidates' input gradients
+    then only choose the nearest boundary (under stop_gradient), and the chosen one is
+    computed again as one vector-Jacobian product: the same r and the same derivative, with
+    the second-order pass through one gradient per example instead of `candidates`."""
     n, num_classes = x.shape[0], classifier.num_classes
     targeted = jnp.broadcast_to(jnp.asarray(targeted, bool), (n,))
     beyond = _FOOLBOX_BEYOND * common.data_scale(classifier)
@@ -84,10 +89,16 @@ def _perturbation(
             jax.nn.one_hot(cand, num_classes) - jax.nn.one_hot(source, num_classes)[:, None]
         )
         w = jax.vmap(vjp, in_axes=1, out_axes=1)(cotangents)[0].reshape(n, candidates, -1)
+        if differentiable:  # only the chosen row carries a gradient: compute it once more
+            w = lax.stop_gradient(w)
         distance = jnp.abs(f) / (_dual_norm(w, norm) + _TINY)
         nearest = jnp.argmin(jnp.where(valid, lax.stop_gradient(distance), jnp.inf), axis=1)
         f_l = jnp.take_along_axis(f, nearest[:, None], 1)[:, 0]
-        w_l = jnp.take_along_axis(w, nearest[:, None, None], 1)[:, 0]
+        if differentiable:
+            w_l = vjp(jnp.take_along_axis(cotangents, nearest[:, None, None], 1)[:, 0])[0]
+            w_l = w_l.reshape(n, -1)
+        else:
+            w_l = jnp.take_along_axis(w, nearest[:, None, None], 1)[:, 0]
         r = _step_to_boundary(f_l, w_l, norm)
         if clip:  # past the boundary even where the box absorbs the overshoot (foolbox)
             r = r + beyond * _unit_step(w_l, norm)
@@ -175,7 +186,7 @@ def deepfool_perturbation(
     unroll = common.default_unroll(max_iter) if unroll is None else unroll
     r = _perturbation(
         classifier, x, y, rng, norm, max_iter, overshoot, candidates, targeted, clip,
-        early_stop, unroll, remat,
+        early_stop, unroll, remat, differentiable,
     )
     return r if differentiable else lax.stop_gradient(r)
 
