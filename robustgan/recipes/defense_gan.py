@@ -46,6 +46,10 @@ CPU_TABLE4_EXAMPLES = 100
 CPU_SWEEP_L = (5, 10, 20)  # at R = 2 (Figure 3 left: R = 10)
 CPU_SWEEP_R = (1, 2, 4)  # at L = 10 (Figure 3 right: L = 100)
 CPU_SWEEP_EXAMPLES = 200
+# The detection study: Table 3's noise norms (Figure 4 right sweeps eps at L=400, R=10),
+# and the reconstruction grid's images.
+CPU_DETECTION_EPS = (0.1, 0.15, 0.2, 0.25, 0.3)
+CPU_GRID_IMAGES = 10
 
 
 def config(dataset: str, arg) -> ml_collections.ConfigDict:
@@ -123,9 +127,29 @@ def lr_sweep_config(dataset: str, config_file: str) -> ml_collections.ConfigDict
     return c
 
 
+def detection_config(dataset: str, config_file: str) -> ml_collections.ConfigDict:
+    """Sec. 4.1.3's detection study (Figures 4-5, robustgan/studies/defense_gan_detection.py)
+    on the CPU recipes: FGSM on classifier A, scored by the GAN run's projection; L over
+    CPU_SWEEP_L and R over CPU_SWEEP_R at eps 0.3, eps over CPU_DETECTION_EPS at the row's
+    CPU_PROJECTION; CPU_GRID_IMAGES clean test images beside their reconstructions."""
+    c = configlib.study_config(
+        "defense_gan_detection", f"Defense-GAN detection layout: {dataset}, classifier A, "
+        f"FGSM (CPU: L={CPU_PROJECTION['defense_gan.projection.steps']}, "
+        f"R={CPU_PROJECTION['defense_gan.projection.restarts']})", config_file,
+        rows=[("GAN", "defense_gan,cpu", 0),
+              ("Defense-GAN-Orig", "standard,defense_gan,a,cpu", 0,
+               {"front_end.run": "GAN", **CPU_PROJECTION})],
+        surrogates=(), settings=dict(steps=CPU_SWEEP_L, restarts=CPU_SWEEP_R,
+                                     eps=CPU_DETECTION_EPS, grid_images=CPU_GRID_IMAGES))
+    with c.unlocked():
+        c.table.eval_num_examples = CPU_SWEEP_EXAMPLES
+    return c
+
+
 def tables(dataset: str, config_file: str) -> dict:
     """{arg: () -> table config} that `configs/<dataset>.py:<arg>` offers."""
     if dataset not in DATASETS:
         return {}
     return {"defense_gan_table4_cpu": lambda: table4_config(dataset, config_file),
-            "defense_gan_lr_sweep_cpu": lambda: lr_sweep_config(dataset, config_file)}
+            "defense_gan_lr_sweep_cpu": lambda: lr_sweep_config(dataset, config_file),
+            "defense_gan_detection_cpu": lambda: detection_config(dataset, config_file)}

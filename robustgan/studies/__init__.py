@@ -9,13 +9,14 @@ A new study is a module here plus one line in STUDIES (docs/ARCHITECTURE.md).
 from __future__ import annotations
 
 from robustgan.errors import ConfigError
-from robustgan.studies import deep_defense, generator_attacks, gradreg
+from robustgan.studies import deep_defense, defense_gan_detection, generator_attacks, gradreg
 
 STUDIES = {
     "gradreg": gradreg.run,
     "generator_attacks": generator_attacks.run,
     "deep_defense_table1": deep_defense.table1,
     "deep_defense_sweep": deep_defense.sweep,
+    "defense_gan_detection": defense_gan_detection.run,
 }
 
 
