@@ -12,6 +12,10 @@ white box; `remat` trades compute for the memory of L steps); 'none' is the auth
 code, whose z updates are variable assignments: z* is a constant to autodiff, so the
 gradient of G(z*) with respect to x is 0 (what makes plain gradient attacks fail there,
 and why BPDA exists).
+
+On CPU the generator's transposed convolutions run as matrix products
+(`common.matmul_transposed_convs`): as convolutions, XLA:CPU ran the generator's forward and
+input gradient 9x slower than PyTorch.
 """
 
 from __future__ import annotations
@@ -81,7 +85,8 @@ def project(generate: GenerateFn, variables, x, rng, *, latent_dim: int, steps: 
     if steps < 1 or restarts < 1:
         raise ValueError(f"steps and restarts must be >= 1, got {steps} and {restarts}")
     unroll = common.default_unroll(steps) if unroll is None else unroll
-    generate_fast = common.conv_friendly(generate)  # fast input gradients on XLA:CPU
+    # Fast on XLA:CPU: transposed convolutions as matmuls, input gradients HWIO.
+    generate_fast = common.conv_friendly(common.matmul_transposed_convs(generate))
     target = lax.stop_gradient(x) if gradient == "none" else x
 
     def total_error(z):
@@ -104,7 +109,7 @@ def project(generate: GenerateFn, variables, x, rng, *, latent_dim: int, steps: 
     z = jax.vmap(descend)(keys)  # (R, N, latent)
     if gradient == "none":
         z = lax.stop_gradient(z)
-    images = jax.vmap(lambda z_r: generate(variables, z_r))(z)
+    images = jax.vmap(lambda z_r: generate_fast(variables, z_r))(z)
     best = jnp.argmin(mean_squared_error(images, x[None], data_scale), axis=0)  # (N,)
 
     def pick(a):
