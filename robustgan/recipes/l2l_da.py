@@ -1,6 +1,6 @@
-"""Jang, Zhao, Hero & Kim, "Adversarial Defense via Learning to Generate Diverse Attacks"
+"""Jang, Zhao, Hong & Lee, "Adversarial Defense via Learning to Generate Diverse Attacks"
 (ICCV 2019): the settings of `l2l_da` and its one-shot baseline `l2l` (Sec. 5.1 and the
-authors' code).
+authors' code), and the CPU layouts of Tables 1-3 and Figure 2.
 
 `configs/<dataset>.py:l2l_da` / `:l2l`: SGD momentum 0.9 and weight decay 1e-5 for both
 networks, batch 100, 100k iterations; eps 0.3 (MNIST-like sets, LeNet-5) or 8/255
@@ -8,7 +8,16 @@ networks, batch 100, 100k iterations; eps 0.3 (MNIST-like sets, LeNet-5) or 8/25
 (MNIST) or 0.5 (CIFAR-10) in the code's scale (methods/l2l_da.py). The paper's CIFAR
 classifier is fine-tuned from a `standard` run: set --config.init_from.run. Evaluation as
 Table 2: FGSM, PGD-10, PGD-100 and the C&W margin loss under the L-inf bound, with APGD
-beside them.
+beside them. `configs/<dataset>.py:standard,l2l_da` / `:pgd_at,l2l_da` are Table 2's Plain
+and PGD10 classifiers in the same setting (PGD-10, step eps/4, random start).
+
+The CPU layouts (MNIST-like sets; `tables`): every row but Plain starts from the Plain
+row's classifier (Sec. 5.1: weights pre-trained on the original data; the authors' code
+trains CLEAN_START_STEPS clean steps first) and then takes the same CPU_STEPS classifier
+updates; the tables are evaluated on the first CPU_EXAMPLES test images. AdvGAN, GAP and
+the L2L-DA attack (Table 2's generator columns, attacks/advgan.py, gap.py,
+l2l_da_attack.py) train a generator per attacked model and are not evaluation columns, so
+the tables leave them out; 'Min' is the per-example worst case over the columns present.
 """
 
 from __future__ import annotations
@@ -17,17 +26,67 @@ import ml_collections
 
 from robustgan import config as configlib
 from robustgan import optim
+from robustgan.errors import ConfigError
+from robustgan.methods.l2l_da import ABLATIONS
 
 METHODS = ("l2l_da", "l2l")
+# Table 2's other defenses, trained in this paper's setting (`<method>,l2l_da`).
+BASELINES = ("standard", "pgd_at")
 MNIST_LIKE = ("mnist", "fashion_mnist")
 ITERATIONS = 100_000
+MNIST_EPS = 0.3  # MNIST-like sets (CIFAR-10: 8/255)
 TABLE2_ATTACKS = ("fgsm", "pgd10=pgd(steps=10)", "pgd100=pgd(steps=100)",
                   "cw100=pgd(steps=100, loss=\"margin\")", "apgd_ce", "apgd_dlr")
+# Table 1's columns: FGSM, PGD100 and C&W1000 (the C&W margin loss under the L-inf bound).
+TABLE1_ATTACKS = ("fgsm", "pgd100=pgd(steps=100)", "cw1000=pgd(steps=1000, loss=\"margin\")")
+# Table 3's transfer columns: PGD10 and PGD100 crafted on each surrogate.
+TABLE3_ATTACKS = TABLE2_ATTACKS[1:3]
+
+# The CPU layouts. l2l_da's step (T = 10, the width-64 U-Net, batch 100, two z samples)
+# took 158 s on this 2-core CPU (ROBUSTGAN_CPU_DEVICES=1, load average 6-10 from other
+# jobs; T = 1: 11.5 s, T = 2: 29 s; a width-16 U-Net at T = 10: 17 s): CPU_STEPS classifier
+# updates keep that row within about an hour. The paper: 100k iterations.
+CPU_STEPS = 20
+CLEAN_START_STEPS = 1_000  # the Plain row, every other row's start (the authors' warm-up)
+CPU_EXAMPLES = 1_000
+# Figure 2's statistics took 22 s per 20 images on one classifier (the width-64 U-Net, 10 z
+# samples x 10 steps; the same load): 500 images, about 20 minutes for the two classifiers.
+FIGURE2_EXAMPLES = 500
+START_ROW = "Plain"
+
+# The paper's MNIST numbers (%), in our columns' order (Natural first). Table 2: Natural,
+# FGSM, PGD10, PGD100, C&W100 (its C&W1000, AdvGAN, GAP, L2L-DA and Min columns have no
+# counterpart here).
+PAPER_TABLE2_MNIST = {
+    "Plain": (99.14, 0.90, 0.00, 0.00, 63.14),
+    "PGD10": (98.52, 96.14, 92.21, 90.22, 96.66),
+    "L2L*": (98.95, 36.59, 0.18, 0.02, 81.63),
+    "L2L-DA (full)": (98.47, 97.87, 95.70, 95.15, 97.26),
+}
+# Table 1 (a) and (b): Natural, FGSM, PGD100, C&W1000, Min (the paper's Min is its lowest
+# column; ours the per-example worst case, at most that). (b)'s first row (delta O, y O)
+# is (a)'s R O, D O.
+PAPER_TABLE1_MNIST = {
+    "L2L*": (98.95, 36.59, 0.02, 2.46, 0.02),
+    "L2L-DA (R X, D X)": (98.81, 97.02, 87.86, 86.12, 86.12),
+    "L2L-DA (R X, D O)": (98.94, 97.46, 91.40, 90.45, 90.45),
+    "L2L-DA (R O, D X)": (98.51, 96.91, 93.97, 94.68, 93.97),
+    "L2L-DA (R O, D O)": (98.47, 97.87, 95.15, 95.26, 95.15),
+    "L2L-DA (delta O, y X)": (98.51, 96.75, 93.44, 94.02, 93.44),
+    "L2L-DA (delta X, y O)": (98.50, 95.73, 92.46, 93.59, 92.46),
+    "L2L-DA (delta X, y X)": (98.40, 95.58, 92.36, 93.24, 92.36),
+}
+# FGSM adversarial training as pgd_at: one step of the whole eps from x (Eq. 2).
+FGSM_TRAINING = {"train_attack.steps": 1, "train_attack.step_size": MNIST_EPS,
+                 "train_attack.random_start": False}
 
 
 def config(dataset: str, arg) -> ml_collections.ConfigDict:
-    """The paper's setting of `arg` ('l2l_da' or 'l2l') on `dataset`, locked."""
-    method, options = configlib.parse_arg(arg, ())
+    """The paper's setting of `arg` ('l2l_da', 'l2l', or a baseline 'standard,l2l_da' or
+    'pgd_at,l2l_da') on `dataset`, locked."""
+    method, options = configlib.parse_arg(arg, ("l2l_da",))
+    if method not in METHODS + BASELINES:
+        raise ConfigError(f"Jang et al.'s setting covers {METHODS + BASELINES}, not {method!r}")
     mnist_like = dataset in MNIST_LIKE
     c = configlib.method_config(method, options, dataset)  # [0, 1] data
     c.model.name = "lenet5" if mnist_like else "resnet18"
@@ -35,8 +94,11 @@ def config(dataset: str, arg) -> ml_collections.ConfigDict:
     c.num_train_steps = ITERATIONS
     c.optimizer = optim.optimizer_config(name="sgd", learning_rate=0.01, momentum=0.9,
                                          weight_decay=1e-5, schedule="constant")
-    eps = 0.3 if mnist_like else 8 / 255
-    c.eval.eps = c.train_attack.eps = c[method].eps = eps
+    eps = MNIST_EPS if mnist_like else 8 / 255
+    c.eval.eps = c.train_attack.eps = eps
+    if method in METHODS:
+        c[method].eps = eps
+    c.train_attack.steps, c.train_attack.step_size = 10, eps / 4  # the PGD10 defense
     if method == "l2l_da":
         c.l2l_da.diversity_weight = 0.02 if mnist_like else 0.5
     c.eval.pgd_steps, c.eval.pgd_step_size = 10, eps / 4
@@ -47,7 +109,109 @@ def config(dataset: str, arg) -> ml_collections.ConfigDict:
     return c
 
 
+def start_row(clean_steps: int = CLEAN_START_STEPS) -> tuple:
+    """The Plain row: LeNet-5 on clean images, the start of every other row."""
+    return (START_ROW, "standard,l2l_da", 0, {"num_train_steps": clean_steps})
+
+
+def cpu_run(name: str, arg: str, seed: int = 0, *, steps: int = CPU_STEPS,
+            start: str = START_ROW, **overrides) -> tuple:
+    """A table run of `steps` classifier updates from the classifier of run `start`."""
+    return (name, arg, seed, {"num_train_steps": steps, "init_from.run": start, **overrides})
+
+
+def table2_rows(*, steps: int = CPU_STEPS, clean_steps: int = CLEAN_START_STEPS) -> list:
+    """Table 2's Plain, PGD10, L2L* and L2L-DA (full) rows."""
+    return [start_row(clean_steps), cpu_run("PGD10", "pgd_at,l2l_da", steps=steps),
+            cpu_run("L2L*", "l2l", steps=steps), cpu_run("L2L-DA (full)", "l2l_da", steps=steps)]
+
+
+def cpu_table(title: str, config_file: str, *, rows, surrogates=(), attacks, paper,
+              examples: int) -> ml_collections.ConfigDict:
+    """A table layout on the first `examples` test images."""
+    c = configlib.table_config(title, config_file, rows=rows, surrogates=surrogates,
+                               attacks=attacks, paper=paper)
+    with c.unlocked():
+        c.table.eval_num_examples = examples
+    return c
+
+
+def table2_config(dataset: str, config_file: str, *, steps: int = CPU_STEPS,
+                  clean_steps: int = CLEAN_START_STEPS,
+                  examples: int = CPU_EXAMPLES) -> ml_collections.ConfigDict:
+    """Table 2's white-box layout: Plain, PGD10 (PGD-10 adversarial training), L2L* and
+    L2L-DA (full), Table 2's columns (TABLE2_ATTACKS) and Min."""
+    return cpu_table(
+        f"Jang et al. Table 2 layout: {dataset}, white box, eps 0.3 ({steps} classifier "
+        f"updates per row after {clean_steps} clean ones)", config_file,
+        rows=table2_rows(steps=steps, clean_steps=clean_steps), attacks=TABLE2_ATTACKS,
+        paper=PAPER_TABLE2_MNIST if dataset == "mnist" else None, examples=examples)
+
+
+def ablation_rows(*, steps: int = CPU_STEPS, clean_steps: int = CLEAN_START_STEPS) -> list:
+    """Table 1's rows: L2L*, then l2l_da with each of ABLATIONS' overrides."""
+    return [start_row(clean_steps), cpu_run("L2L*", "l2l", steps=steps)] + [
+        cpu_run(f"L2L-DA ({label})", "l2l_da", steps=steps,
+                **{f"l2l_da.{key}": value for key, value in overrides.items()})
+        for label, overrides in ABLATIONS.items()]
+
+
+def ablation_config(dataset: str, config_file: str, *, steps: int = CPU_STEPS,
+                    clean_steps: int = CLEAN_START_STEPS,
+                    examples: int = CPU_EXAMPLES) -> ml_collections.ConfigDict:
+    """Table 1 (a) and (b): recursion and diversity on and off, delta and y inputs on and
+    off; Table 1's columns (TABLE1_ATTACKS) and Min."""
+    return cpu_table(
+        f"Jang et al. Table 1 layout: {dataset}, ablations, eps 0.3 ({steps} classifier "
+        f"updates per row after {clean_steps} clean ones)", config_file,
+        rows=ablation_rows(steps=steps, clean_steps=clean_steps), attacks=TABLE1_ATTACKS,
+        paper=PAPER_TABLE1_MNIST if dataset == "mnist" else None, examples=examples)
+
+
+def table3_config(dataset: str, config_file: str, *, steps: int = CPU_STEPS,
+                  clean_steps: int = CLEAN_START_STEPS,
+                  examples: int = CPU_EXAMPLES) -> ml_collections.ConfigDict:
+    """Table 3's black-box layout: the PGD10 and L2L-DA (full) rows (and Plain, their
+    start) attacked by PGD10 and PGD100 crafted on the surrogates (A) Plain, (B) FGSM and
+    (C) PGD10 LeNet-5, seed 1, B and C started from A. The paper's numbers are not printed:
+    its columns (no clean one, the L2L-DA attack first) do not line up with ours, and its
+    Min is over the transfer columns only (ours: every column, white box included)."""
+    surrogates = [("A", "standard,l2l_da", 1, {"num_train_steps": clean_steps}),
+                  cpu_run("B", "pgd_at,l2l_da", 1, steps=steps, start="A", **FGSM_TRAINING),
+                  cpu_run("C", "pgd_at,l2l_da", 1, steps=steps, start="A")]
+    rows = [row for row in table2_rows(steps=steps, clean_steps=clean_steps)
+            if row[0] != "L2L*"]
+    return cpu_table(
+        f"Jang et al. Table 3 layout: {dataset}, black box by transfer, eps 0.3 ({steps} "
+        f"classifier updates per row after {clean_steps} clean ones)", config_file,
+        rows=rows, surrogates=surrogates, attacks=TABLE3_ATTACKS, paper=None,
+        examples=examples)
+
+
+def figure2_config(dataset: str, config_file: str, *, steps: int = CPU_STEPS,
+                   clean_steps: int = CLEAN_START_STEPS, examples: int = FIGURE2_EXAMPLES,
+                   recursion_steps: int = 10, samples: int = 10) -> ml_collections.ConfigDict:
+    """Figure 2 (robustgan/studies/l2l_da_recursion.py; the paper's is on CIFAR-10): the
+    loss of the PGD10 and L2L-DA (full) classifiers along `recursion_steps` steps of PGD,
+    of L2L*'s generator and of L2L-DA (full)'s (not fine-tuned), max and std over
+    `samples` attacks per image; Table 2's runs."""
+    c = configlib.study_config(
+        "l2l_da_recursion", f"Jang et al. Figure 2 layout: {dataset}, eps 0.3 ({steps} "
+        f"classifier updates per row after {clean_steps} clean ones)", config_file,
+        rows=table2_rows(steps=steps, clean_steps=clean_steps), surrogates=(),
+        settings=dict(classifiers=("PGD10", "L2L-DA (full)"), l2l_row="L2L*",
+                      l2l_da_row="L2L-DA (full)", steps=recursion_steps, samples=samples,
+                      step_fraction=0.25, pgd_random_start=True, batch_size=100))
+    with c.unlocked():
+        c.table.eval_num_examples = examples
+    return c
+
+
 def tables(dataset: str, config_file: str) -> dict:
-    """No table layouts yet."""
-    del dataset, config_file
-    return {}
+    """{arg: () -> table or study config} that `configs/<dataset>.py:<arg>` offers."""
+    if dataset not in MNIST_LIKE:
+        return {}
+    return {"l2l_da_table2_cpu": lambda: table2_config(dataset, config_file),
+            "l2l_da_ablation_cpu": lambda: ablation_config(dataset, config_file),
+            "l2l_da_table3_cpu": lambda: table3_config(dataset, config_file),
+            "l2l_da_figure2_cpu": lambda: figure2_config(dataset, config_file)}

@@ -9,7 +9,13 @@ A new study is a module here plus one line in STUDIES (docs/ARCHITECTURE.md).
 from __future__ import annotations
 
 from robustgan.errors import ConfigError
-from robustgan.studies import deep_defense, defense_gan_detection, generator_attacks, gradreg
+from robustgan.studies import (
+    deep_defense,
+    defense_gan_detection,
+    generator_attacks,
+    gradreg,
+    l2l_da_recursion,
+)
 
 STUDIES = {
     "gradreg": gradreg.run,
@@ -17,6 +23,7 @@ STUDIES = {
     "deep_defense_table1": deep_defense.table1,
     "deep_defense_sweep": deep_defense.sweep,
     "defense_gan_detection": defense_gan_detection.run,
+    "l2l_da_recursion": l2l_da_recursion.run,
 }
 
 

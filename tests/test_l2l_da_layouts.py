@@ -1,0 +1,216 @@
+"""Jang et al. (ICCV 2019): the CPU layouts of Tables 1-3 and Figure 2 (recipes/l2l_da.py)
+and the Figure 2 study (studies/l2l_da_recursion.py), end to end on tiny runs."""
+
+import json
+import os
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import write_tiny_npz
+
+from robustgan import attacks, data, runs, studies, table
+from robustgan import config as configlib
+from robustgan.attacks.common import cross_entropy
+from robustgan.classifier import Classifier
+from robustgan.errors import ConfigError
+from robustgan.evaluate import protocol
+from robustgan.methods.l2l_da import ABLATIONS
+from robustgan.recipes import l2l_da as recipe
+from robustgan.studies import l2l_da_recursion
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+MNIST = os.path.join(ROOT, "configs", "mnist.py")
+LAYOUTS = ("l2l_da_table2_cpu", "l2l_da_ablation_cpu", "l2l_da_table3_cpu",
+           "l2l_da_figure2_cpu")
+
+
+def run_configs(config) -> dict:
+    """{run name: its validated config} for every row and surrogate of a layout."""
+    t, run_dirs, out = config.table, {}, {}
+    for run in (*t.rows, *t.surrogates):
+        out[run[0]] = table.table_run_config(t, run, False, run_dirs)
+        run_dirs[run[0]] = f"runs/{run[0]}"
+    return out
+
+
+def columns(config) -> list[str]:
+    """The layout's columns for its first row: clean, white box, transfer, min."""
+    e = configlib.load_config_file(f"{MNIST}:l2l_da").eval
+    surrogates = [name for name, *_ in config.table.surrogates]
+    return [*protocol.white_box_columns(e, config.table.attacks),
+            *protocol.transfer_columns(e, config.table.attacks, surrogates), "min"]
+
+
+@pytest.mark.parametrize("arg", LAYOUTS)
+def test_every_layout_validates_with_equal_classifier_budgets(arg):
+    """Every run validates on mnist; each run that starts from a clean classifier takes
+    CPU_STEPS updates after that start's CLEAN_START_STEPS."""
+    config = configlib.load_config_file(f"{MNIST}:{arg}")
+    assert config.table.eval_num_examples == (
+        recipe.FIGURE2_EXAMPLES if arg == "l2l_da_figure2_cpu" else recipe.CPU_EXAMPLES)
+    configs = run_configs(config)
+    starts = {name for name, c in configs.items() if not c.init_from.run}
+    assert starts == ({"Plain", "A"} if arg == "l2l_da_table3_cpu" else {"Plain"})
+    for name, c in configs.items():
+        assert c.model.name == "lenet5" and c.batch_size == 100 and c.eval.eps == 0.3
+        if name in starts:
+            assert (c.method, c.num_train_steps) == ("standard", recipe.CLEAN_START_STEPS)
+        else:
+            assert c.num_train_steps == recipe.CPU_STEPS, name
+            assert c.init_from.run in {f"runs/{s}" for s in starts}, name
+    budgets = {configs[n].num_train_steps for n, *_ in config.table.rows if n not in starts}
+    assert budgets == {recipe.CPU_STEPS}
+
+
+def test_table2_columns_and_the_papers_numbers_line_up():
+    config = configlib.load_config_file(f"{MNIST}:l2l_da_table2_cpu")
+    assert [name for name, *_ in config.table.rows] == ["Plain", "PGD10", "L2L*",
+                                                        "L2L-DA (full)"]
+    cols = columns(config)
+    assert cols == ["clean", "fgsm", "pgd10", "pgd100", "cw100", "apgd_ce", "apgd_dlr", "min"]
+    full = dict(zip(cols, config.table.paper["L2L-DA (full)"], strict=False))
+    assert full == {"clean": 98.47, "fgsm": 97.87, "pgd10": 95.70, "pgd100": 95.15,
+                    "cw100": 97.26}
+    assert dict(zip(cols, config.table.paper["L2L*"], strict=False))["pgd10"] == 0.18
+    configs = run_configs(config)
+    pgd10 = configs["PGD10"].train_attack
+    assert (pgd10.steps, pgd10.step_size, pgd10.random_start) == (10, 0.075, True)
+    assert configs["L2L*"].method == "l2l" and configs["L2L-DA (full)"].l2l_da.steps == 10
+    assert not configlib.load_config_file(
+        os.path.join(ROOT, "configs", "fashion_mnist.py:l2l_da_table2_cpu")).table.paper
+
+
+def test_ablation_rows_are_table1s_overrides():
+    config = configlib.load_config_file(f"{MNIST}:l2l_da_ablation_cpu")
+    configs = run_configs(config)
+    full = configlib.load_config_file(f"{MNIST}:l2l_da").l2l_da
+    for label, overrides in ABLATIONS.items():
+        row = configs[f"L2L-DA ({label})"]
+        assert row.method == "l2l_da"
+        expected = {**full.to_dict(), **overrides}
+        assert row.l2l_da.to_dict() == expected, label
+    assert configs["L2L*"].method == "l2l"
+    # One-shot rows take the whole eps in one step; R O, D O is the full method.
+    assert configs["L2L-DA (R X, D O)"].l2l_da.steps == 1
+    assert configs["L2L-DA (R O, D O)"].l2l_da.to_dict() == full.to_dict()
+    cols = columns(config)
+    assert cols == ["clean", "fgsm", "pgd100", "cw1000", "min"]
+    row = dict(zip(cols, config.table.paper["L2L-DA (delta X, y O)"], strict=True))
+    assert row == {"clean": 98.50, "fgsm": 95.73, "pgd100": 92.46, "cw1000": 93.59,
+                   "min": 92.46}
+    assert set(config.table.paper) == {name for name, *_ in config.table.rows} - {"Plain"}
+
+
+def test_table3_transfers_from_plain_fgsm_and_pgd_surrogates():
+    config = configlib.load_config_file(f"{MNIST}:l2l_da_table3_cpu")
+    configs = run_configs(config)
+    assert [name for name, *_ in config.table.rows] == ["Plain", "PGD10", "L2L-DA (full)"]
+    fgsm, pgd = configs["B"].train_attack, configs["C"].train_attack
+    # FGSM training: one step of the whole eps from x (Eq. 2).
+    assert (fgsm.steps, fgsm.step_size, fgsm.random_start) == (1, 0.3, False)
+    assert (pgd.steps, pgd.step_size, pgd.random_start) == (10, 0.075, True)
+    assert {configs[s].seed for s in "ABC"} == {1}
+    assert columns(config) == ["clean", "pgd10", "pgd100", "pgd10(A)", "pgd100(A)",
+                               "pgd10(B)", "pgd100(B)", "pgd10(C)", "pgd100(C)", "min"]
+
+
+def test_baselines_take_the_papers_setting_and_other_methods_are_refused():
+    for arg in ("standard,l2l_da", "pgd_at,l2l_da"):
+        c = configlib.load_config_file(f"{MNIST}:{arg}")
+        configlib.validate(c)
+        assert (c.model.name, c.batch_size, c.optimizer.name) == ("lenet5", 100, "sgd")
+        assert c.options == "l2l_da"  # run directories apart from Wang & Yu's
+    with pytest.raises(ConfigError, match="covers"):
+        configlib.load_config_file(f"{MNIST}:advnet,l2l_da")
+
+
+# --- the Figure 2 study -------------------------------------------------------------------
+
+
+def linear_classifier():
+    """A fixed 3-class linear classifier on 4x4 images in [0, 1]."""
+    w = jax.random.normal(jax.random.key(0), (16, 3)) * 3
+
+    def apply_fn(variables, x, rng=None):
+        return x.reshape(x.shape[0], -1) @ variables["w"]
+
+    return Classifier(apply_fn, {"w": w}, (0.0, 1.0), 3)
+
+
+def test_pgd_losses_are_the_loss_at_each_iterate_of_attacks_pgd():
+    """Step t of the curve is CE at the output of attacks.pgd run for t steps."""
+    classifier = linear_classifier()
+    x = jax.random.uniform(jax.random.key(1), (5, 4, 4, 1))
+    y = jnp.array([0, 1, 2, 0, 1])
+    losses = l2l_da_recursion.pgd_losses(classifier, x, y, None, eps=0.3, step_size=0.1,
+                                         steps=3, random_start=False)
+    assert losses.shape == (3, 5)
+    for t in (1, 3):
+        x_adv = attacks.pgd(classifier, x, y, jax.random.key(2), eps=0.3, step_size=0.1,
+                            steps=t, random_start=False)
+        np.testing.assert_allclose(losses[t - 1], cross_entropy(classifier.logits(x_adv), y),
+                                   rtol=1e-5)
+    assert float(losses[-1].mean()) > float(losses[0].mean())
+
+
+def test_loss_statistics_by_hand():
+    losses = jnp.array([[[1.0, 4.0]], [[3.0, 4.0]]])  # 2 attacks, 1 step, 2 images
+    stats = l2l_da_recursion.loss_statistics(losses)
+    np.testing.assert_allclose(stats["max"], [[3.0], [4.0]])
+    np.testing.assert_allclose(stats["std"], [[1.0], [0.0]])  # population std
+
+
+_TINY_CONFIG = """
+    from robustgan.recipes import l2l_da
+
+    def get_config(arg):
+        c = l2l_da.config("mnist", arg)
+        with c.unlocked():
+            c.data.source, c.data.name, c.data.dir = "npz", "tiny", {npz!r}
+            c.batch_size, c.train_attack.steps = 8, 2
+            for block in ("l2l_da", "l2l"):
+                c[block].generator_width, c[block].unroll = 2, 1
+            c.l2l_da.steps = 1  # the study runs its own T; one step trains fastest
+            c.eval.batch_size, c.eval.measures = 8, False
+            c.checkpoint_every, c.log_every, c.progress_bar = 2, 2, False
+        return c
+"""
+
+
+def test_figure2_study_writes_max_and_std_per_step(tmp_path):
+    npz = write_tiny_npz(tmp_path / "tiny.npz", num_train=64, num_test=16)
+    config_file = tmp_path / "tiny_config.py"
+    config_file.write_text(textwrap.dedent(_TINY_CONFIG.format(npz=npz)))
+    config = recipe.figure2_config("mnist", str(config_file), steps=2, clean_steps=2,
+                                   examples=8, recursion_steps=3, samples=3)
+    with config.unlocked():
+        config.study.pgd_random_start, config.study.batch_size = False, 8
+        config.progress_bar = False
+    with jax.default_prng_impl("rbg"):  # faster to compile on CPU
+        curves = studies.run(config, str(tmp_path))
+    assert list(curves) == ["PGD10", "L2L-DA (full)"]
+    for attacks_ in curves.values():
+        assert list(attacks_) == ["PGD", "L2L", "L2L-DA"]
+        for c in attacks_.values():
+            assert len(c["max"]) == len(c["std"]) == 3 and np.all(np.isfinite(c["max"]))
+        # PGD from x and L2L (no z) are one attack per image; L2L-DA's z draws differ.
+        assert attacks_["PGD"]["samples"] == attacks_["L2L"]["samples"] == 1
+        assert attacks_["PGD"]["std"] == [0.0] * 3 and attacks_["L2L"]["std"] == [0.0] * 3
+        assert attacks_["L2L-DA"]["samples"] == 3 and min(attacks_["L2L-DA"]["std"]) > 0
+    with open(tmp_path / "l2l_da_recursion.json") as f:
+        saved = json.load(f)
+    assert saved["curves"] == curves and saved["steps"] == 3
+    assert os.path.getsize(tmp_path / "l2l_da_recursion.png") > 0
+    assert "t=3" in (tmp_path / "l2l_da_recursion.md").read_text()
+    # PGD's last step against attacks.pgd on the trained PGD10 classifier, same images.
+    run = runs.load_run(os.path.join(tmp_path, saved["runs"]["PGD10"]))
+    x, y = protocol.eval_split(run.config, data.load_dataset(run.config.data))
+    x = jnp.asarray(data.scale(x, run.config.data.value_range))
+    classifier = run.classifier()
+    x_adv = attacks.pgd(classifier, x, y, jax.random.key(0), eps=0.3, step_size=0.075, steps=3,
+                        random_start=False)
+    np.testing.assert_allclose(curves["PGD10"]["PGD"]["max"][-1],
+                               cross_entropy(classifier.logits(x_adv), y).mean(), rtol=1e-4)
