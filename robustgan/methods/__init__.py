@@ -16,6 +16,7 @@ from robustgan.methods import (
     defense_gan,
     eat,
     l2l_da,
+    magnet,
     parseval,
     supervised,
 )
@@ -32,6 +33,7 @@ REGISTRY: dict[str, MethodSpec] = {spec.name: spec for spec in (
     defense_gan.DEFENSE_GAN,
     l2l_da.L2L_DA,
     l2l_da.L2L,
+    magnet.MAGNET,
 )}
 
 

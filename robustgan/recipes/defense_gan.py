@@ -1,7 +1,8 @@
 """Samangouei, Kabkab & Chellappa, "Defense-GAN" (ICLR 2018): the WGAN-GP run whose
 generator the classifiers are projected through, the classifiers A-D (appendix Table 5)
-trained on the original images (Defense-GAN-Orig) or on reconstructions (Rec), and the
-CPU layouts of Table 4 (white box) and Figure 3 (L and R).
+trained on the original images (Defense-GAN-Orig) or on reconstructions (Rec), the
+baselines (MagNet, Adv. Tr.), and the CPU layouts of Tables 1-2 (black box), Table 4
+(white box) and Figure 3 (L and R).
 
 `configs/<dataset>.py:defense_gan[,cpu]` is the GAN: the paper's batch 50, latent 128,
 Adam 1e-4 (0.5, 0.9), 5 critic steps per generator step, 200k generator iterations
@@ -14,6 +15,18 @@ CPU_CLASSIFIER_STEPS steps. A classifier is defended by naming a GAN run in
 its config.defense_gan.projection holds L (steps) and R (restarts), default the tables'
 L=200, R=10. Evaluation as Table 4: eps 0.3, FGSM, RAND+FGSM (alpha 0.05) and C&W-L2 (100
 steps, lr 10, c 100, one binary-search step).
+
+The baselines of Tables 1, 2 and 4. MagNet: `configs/<dataset>.py:magnet[,cpu]` trains the
+reformer auto-encoder (Table 7's encoder, methods/magnet.py) as MagNet's code does: batch
+256, 100 epochs, Keras Adam 1e-3, inputs with Gaussian noise 0.1; ',cpu' trains
+CPU_MAGNET_STEPS steps. Start its decoder from a GAN run's generator
+(--config.init_from.run=<GAN run>, as the Table 1 layout does): from scratch its tanh code
+collapsed (methods/magnet.py). A classifier is put behind it by naming the run in
+--config.front_end.run. Adv. Tr.: `configs/<dataset>.py:pgd_at,defense_gan,<model>,fgsm
+[,eps015][,cpu]` is the classifier trained on FGSM examples at eps 0.3 (',eps015': 0.15) as
+the authors' code (blackbox.py: CleverHans model_train with predictions_adv, the loss
+0.5 CE(x) + 0.5 CE(x_FGSM)): pgd_at with one step of size eps from x on half of each batch
+(`fgsm_training`).
 """
 
 from __future__ import annotations
@@ -25,7 +38,8 @@ from robustgan import optim
 from robustgan.errors import ConfigError
 from robustgan.recipes.yan import TRAIN_SIZE
 
-METHODS = ("defense_gan",)
+# This recipe's own methods, the GAN and the MagNet reformer: neither trains a classifier.
+METHODS = ("defense_gan", "magnet")
 DATASETS = ("mnist", "fashion_mnist")  # the paper's (and the 28x28 networks')
 CLASSIFIERS = ("a", "b", "c", "d")
 BATCH_SIZE = 50  # the authors' config (experiments/cfgs/gans/default.yml), GAN and classifiers
@@ -50,22 +64,63 @@ CPU_SWEEP_EXAMPLES = 200
 # and the reconstruction grid's images.
 CPU_DETECTION_EPS = (0.1, 0.15, 0.2, 0.25, 0.3)
 CPU_GRID_IMAGES = 10
+# MagNet's training (its code: train_defense.py, defensive_models.py), and the CPU run's
+# steps (one epoch).
+MAGNET_BATCH_SIZE = 256
+MAGNET_EPOCHS = 100
+CPU_MAGNET_STEPS = TRAIN_SIZE["mnist"] // MAGNET_BATCH_SIZE
+# Adv. Tr.'s FGSM eps: the attack's (0.3) and ',eps015' (Tables 1 and 2).
+FGSM_TRAINING_EPS = 0.3
+FGSM_TRAINING_EPS_OPTION = {"eps015": 0.15}
+# Table 1's black box (Sec. 4.1): Papernot et al.'s substitute, seeded with the first 150
+# test images and trained on the classifier's labels, FGSM eps 0.3 on the rest (the paper:
+# 9,850 images; the CPU layouts: CPU_TABLE1_TEST_EXAMPLES).
+SUBSTITUTE_SEED_SIZE = 150
+CPU_TABLE1_TEST_EXAMPLES = 350
+# Tables 1 (MNIST) and 2 (F-MNIST), classifier A, as printed: No Attack, then each
+# defense's accuracy under FGSM eps 0.3 from substitute B or E.
+PAPER_TABLE1_A = {
+    "mnist": {
+        "dgan_b": {"No attack": 0.9970, "No defense": 0.6343, "Defense-GAN-Rec": 0.9312,
+                   "Defense-GAN-Orig": 0.9282, "MagNet": 0.6937, "Adv. Tr. eps=0.3": 0.9654,
+                   "Adv. Tr. eps=0.15": 0.6223},
+        "dgan_e": {"No attack": 0.9970, "No defense": 0.5432, "Defense-GAN-Rec": 0.9139,
+                   "Defense-GAN-Orig": 0.9221, "MagNet": 0.6710, "Adv. Tr. eps=0.3": 0.9668,
+                   "Adv. Tr. eps=0.15": 0.9327},
+    },
+    "fashion_mnist": {
+        "dgan_b": {"No attack": 0.9346, "No defense": 0.5131, "Defense-GAN-Rec": 0.586,
+                   "Defense-GAN-Orig": 0.5803, "MagNet": 0.5404, "Adv. Tr. eps=0.3": 0.7393,
+                   "Adv. Tr. eps=0.15": 0.6600},
+        "dgan_e": {"No attack": 0.9346, "No defense": 0.3653, "Defense-GAN-Rec": 0.4790,
+                   "Defense-GAN-Orig": 0.4616, "MagNet": 0.3311, "Adv. Tr. eps=0.3": 0.6945,
+                   "Adv. Tr. eps=0.15": 0.5638},
+    },
+}
 
 
 def config(dataset: str, arg) -> ml_collections.ConfigDict:
-    """The GAN ('defense_gan[,cpu]') or a classifier ('<method>,defense_gan,<model>[,cpu]')
-    on `dataset`, locked. The paper's sets are DATASETS: on others the same settings
-    validate, and the Table 5 and 6 networks stop at init on images that are not 28x28."""
-    method, options = configlib.parse_arg(arg, ("defense_gan", "cpu", *CLASSIFIERS))
+    """The GAN ('defense_gan[,cpu]'), the MagNet reformer ('magnet[,cpu]') or a classifier
+    ('<method>,defense_gan,<model>[,fgsm[,eps015]][,cpu]') on `dataset`, locked. The
+    paper's sets are DATASETS: on others the same settings validate, and the Table 5-7
+    networks stop at init on images that are not 28x28."""
+    method, options = configlib.parse_arg(
+        arg, ("defense_gan", "cpu", "fgsm", *FGSM_TRAINING_EPS_OPTION, *CLASSIFIERS))
     options.discard("defense_gan")
     models = sorted(options & set(CLASSIFIERS))
-    if method == "defense_gan" and models:
-        raise ConfigError(f"the classifier options {models} are for classifier runs; the "
-                          "GAN takes only ',cpu'")
+    if method in METHODS and models:
+        raise ConfigError(f"the classifier options {models} are for classifier runs; "
+                          f"{method} takes only ',cpu'")
     if len(models) > 1:
         raise ConfigError(f"the config argument names several classifiers: {models}")
+    eps_options = sorted(options & set(FGSM_TRAINING_EPS_OPTION))
+    if eps_options and "fgsm" not in options:
+        raise ConfigError(f"{eps_options} set the eps of FGSM training: add ',fgsm'")
+    if "fgsm" in options and method != "pgd_at":
+        raise ConfigError(f"',fgsm' is Adv. Tr. (FGSM adversarial training), a setting of "
+                          f"pgd_at, not of {method}")
     model = models[0] if models else "a"
-    if method != "defense_gan":
+    if method not in METHODS:
         options.add(model)  # named in the run's directory
     # [0, 1] data: the generator's sigmoid output (Table 6).
     c = configlib.method_config(method, options, dataset)
@@ -75,20 +130,43 @@ def config(dataset: str, arg) -> ml_collections.ConfigDict:
         c.num_train_steps = (CPU_GAN_STEPS if cpu
                              else GENERATOR_ITERATIONS * c.defense_gan.critic_steps)
         c.checkpoint_every = 1_000 if cpu else 10_000
-    else:
-        c.model.name = f"dgan_{model}"
-        steps_per_epoch = TRAIN_SIZE.get(dataset, TRAIN_SIZE["mnist"]) // BATCH_SIZE
-        c.num_train_steps = CPU_CLASSIFIER_STEPS if cpu else CLASSIFIER_EPOCHS * steps_per_epoch
+    else:  # the reformer (MagNet's code) or a classifier (the authors' code): Adam 1e-3
+        magnet = method == "magnet"
+        c.batch_size = MAGNET_BATCH_SIZE if magnet else BATCH_SIZE
+        steps_per_epoch = TRAIN_SIZE.get(dataset, TRAIN_SIZE["mnist"]) // c.batch_size
+        epochs, cpu_steps = ((MAGNET_EPOCHS, CPU_MAGNET_STEPS) if magnet
+                             else (CLASSIFIER_EPOCHS, CPU_CLASSIFIER_STEPS))
+        c.num_train_steps = cpu_steps if cpu else epochs * steps_per_epoch
         c.optimizer = optim.optimizer_config(name="adam", learning_rate=1e-3,
                                              weight_decay=0.0, schedule="constant")
         c.checkpoint_every = steps_per_epoch
+        if not magnet:
+            c.model.name = f"dgan_{model}"
     c.eval.eps = c.train_attack.eps = 0.3
+    if "fgsm" in options:
+        fgsm_training(c.train_attack, eps=FGSM_TRAINING_EPS_OPTION[eps_options[0]]
+                      if eps_options else FGSM_TRAINING_EPS)
     c.eval.attacks = TABLE4_ATTACKS
     c.eval.batch_size = BATCH_SIZE
     c.eval.measures = False  # the paper reports accuracies only
     c.log_every = 100
     c.lock()
     return c
+
+
+def fgsm_training(train_attack, *, eps: float) -> None:
+    """Sets pgd_at's attack to Adv. Tr. as the authors' code runs it (Goodfellow et al.
+    2015; blackbox.py: the loss 0.5 CE(x) + 0.5 CE(x_FGSM), FGSM at eps from the start):
+    one step of size eps from x (no random start), which is FGSM, on half of each batch,
+    no eps ramp. Half the batch clean and half adversarial has that loss's expectation;
+    the code sees each image both ways in one step, here each image one way. The attack
+    ascends the true label's loss with dropout off (CleverHans: the predicted label, in
+    training mode)."""
+    train_attack.eps = train_attack.step_size = eps
+    train_attack.steps = 1
+    train_attack.random_start = False
+    train_attack.fraction = 0.5
+    train_attack.eps_ramp_steps = 0
 
 
 def table4_config(dataset: str, config_file: str) -> ml_collections.ConfigDict:
@@ -146,10 +224,58 @@ def detection_config(dataset: str, config_file: str) -> ml_collections.ConfigDic
     return c
 
 
+def table1_config(dataset: str, config_file: str, substitute: str) -> ml_collections.ConfigDict:
+    """Table 1's black-box layout (Table 2's on F-MNIST) for classifier A on the CPU
+    recipes: No defense; Defense-GAN-Rec (trained on the GAN run's reconstructions) and
+    Defense-GAN-Orig (the No defense run behind the projection), both at CPU_PROJECTION;
+    MagNet (the No defense run behind the magnet run's reformer, whose decoder starts from
+    the GAN run's generator); Adv. Tr. at eps 0.3 and 0.15. Each row: clean accuracy ('No
+    attack') on the first SUBSTITUTE_SEED_SIZE + CPU_TABLE1_TEST_EXAMPLES test images, and
+    in the protocol measures ('substitute FGS') the accuracy under FGSM eps 0.3 crafted on
+    `substitute`, a Table 5 model trained by Papernot et al.'s procedure against the
+    defended classifier as oracle (config.eval.substitute: seeded with the first
+    SUBSTITUTE_SEED_SIZE of those images, tested on the rest; 6 rounds, lambda 0.1, 10
+    epochs).
+
+    eval.substitute runs within the protocol measures (`table.table_measures`), so every
+    row also gets the sanity checks, DeepFool rho, eps_ref and a PGD curve on the same
+    images; through the projection these cost far more than the substitute. The table's
+    paper rows hold its one column, No attack; the paper's black-box accuracies are
+    PAPER_TABLE1_A."""
+    classifier = "standard,defense_gan,a,cpu"
+    examples = SUBSTITUTE_SEED_SIZE + CPU_TABLE1_TEST_EXAMPLES
+    black_box = {"eval.measures": True, "eval.substitute": substitute,
+                 "eval.substitute_seed_size": SUBSTITUTE_SEED_SIZE,
+                 "eval.measure_examples": examples}
+    projected = {"front_end.run": "GAN", **CPU_PROJECTION, **black_box}
+    rows = [("GAN", "defense_gan,cpu", 0),
+            ("MagNet reformer", "magnet,cpu", 0, {"init_from.run": "GAN"}),
+            ("No defense", classifier, 0, black_box),
+            ("Defense-GAN-Rec", classifier, 0, {**projected, "front_end.train": True}),
+            ("Defense-GAN-Orig", classifier, 0, projected),
+            ("MagNet", classifier, 0, {"front_end.run": "MagNet reformer", **black_box}),
+            ("Adv. Tr. eps=0.3", "pgd_at,defense_gan,a,fgsm,cpu", 0, black_box),
+            ("Adv. Tr. eps=0.15", "pgd_at,defense_gan,a,fgsm,eps015,cpu", 0, black_box)]
+    paper = PAPER_TABLE1_A.get(dataset, {}).get(substitute)
+    c = configlib.table_config(
+        f"Defense-GAN Table {2 if dataset == 'fashion_mnist' else 1} layout: {dataset}, "
+        f"classifier A, substitute {substitute.removeprefix('dgan_').upper()}, black-box "
+        f"FGSM eps 0.3 (CPU: L={CPU_PROJECTION['defense_gan.projection.steps']}, "
+        f"R={CPU_PROJECTION['defense_gan.projection.restarts']}; substitute seeded with "
+        f"{SUBSTITUTE_SEED_SIZE} test images, tested on {CPU_TABLE1_TEST_EXAMPLES})",
+        config_file, rows=rows, surrogates=(), attacks=(),
+        paper={"No defense": (round(100 * paper["No attack"], 2),)} if paper else None)
+    with c.unlocked():
+        c.table.eval_num_examples = examples
+    return c
+
+
 def tables(dataset: str, config_file: str) -> dict:
     """{arg: () -> table config} that `configs/<dataset>.py:<arg>` offers."""
     if dataset not in DATASETS:
         return {}
-    return {"defense_gan_table4_cpu": lambda: table4_config(dataset, config_file),
+    return {"defense_gan_table1_cpu": lambda: table1_config(dataset, config_file, "dgan_b"),
+            "defense_gan_table1_e_cpu": lambda: table1_config(dataset, config_file, "dgan_e"),
+            "defense_gan_table4_cpu": lambda: table4_config(dataset, config_file),
             "defense_gan_lr_sweep_cpu": lambda: lr_sweep_config(dataset, config_file),
             "defense_gan_detection_cpu": lambda: detection_config(dataset, config_file)}
