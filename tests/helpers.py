@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 
 from robustgan import config as configlib
@@ -84,3 +87,26 @@ def assert_matches_recorded(name: str, results: dict, state) -> None:
     checksum = [[leaf.sum(), (leaf ** 2).sum()] for leaf in leaves]
     np.testing.assert_allclose(checksum, expected["checksum"], rtol=1e-3, atol=1e-6,
                                err_msg=name)
+
+
+def config_file_calling(tmp_path, module: str, function: str):
+    """A config file (tmp_path/cfg.py) whose get_config(arg) is `function(tmp_path, arg)`
+    from the test module `module`: tiny configs for table and study runs."""
+    config_file = tmp_path / "cfg.py"
+    config_file.write_text(
+        "import pathlib, sys\n"
+        f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+        f"from {module} import {function}\n"
+        "def get_config(arg):\n"
+        f"    return {function}(pathlib.Path({str(tmp_path)!r}), arg)\n")
+    return config_file
+
+
+def run_table_with_dirs(config, workdir):
+    """(results, {row: run directory}) of `table.run_table(config, workdir)`."""
+    from robustgan import table
+
+    results = table.run_table(config, str(workdir))
+    with open(workdir / "table.json") as f:
+        run_dirs = {name: str(workdir / d) for name, d in json.load(f)["runs"].items()}
+    return results, run_dirs

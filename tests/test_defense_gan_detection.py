@@ -4,12 +4,12 @@ against hand counts, bad layouts, and a tiny end-to-end study with its reconstru
 grid (robustgan/studies/defense_gan_detection.py)."""
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import config_file_calling
 from test_defense_gan import _linear, _linear_classifier
 from test_defense_gan_runs import EXAMPLES, PROJECTION, _project
 
@@ -71,13 +71,7 @@ def test_the_auc_is_the_fraction_of_pairs_the_score_orders():
 
 
 def _study(tmp_path, rows, **settings):
-    config_file = tmp_path / "cfg.py"
-    config_file.write_text(
-        "import pathlib, sys\n"
-        f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
-        "from test_defense_gan_runs import _tiny\n"
-        "def get_config(arg):\n"
-        f"    return _tiny(pathlib.Path({str(tmp_path)!r}), arg)\n")
+    config_file = config_file_calling(tmp_path, "test_defense_gan_runs", "_tiny")
     config = configlib.study_config(
         "defense_gan_detection", "tiny detection", str(config_file), rows=rows, surrogates=(),
         settings={"steps": (1, 2), "restarts": (2,), "eps": (0.1, 0.3),

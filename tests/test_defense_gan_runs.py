@@ -2,13 +2,11 @@
 defended by a GAN run (config.front_end.run), trained on reconstructions
 (config.front_end.train), and the recipe's settings and tables."""
 
-import json
-import os
 
 import jax
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import config_file_calling, run_table_with_dirs, tiny_config
 from test_defense_gan import TINY
 
 from robustgan import config as configlib
@@ -49,22 +47,14 @@ def defended_table(tmp_path_factory):
     """A table: the GAN, the classifier undefended, and the same classifier run behind the
     GAN's projection (eval-only overrides)."""
     tmp_path = tmp_path_factory.mktemp("dgan_runs")
-    config_file = tmp_path / "cfg.py"
-    config_file.write_text(
-        "import pathlib, sys\n"
-        f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
-        "from test_defense_gan_runs import _tiny\n"
-        "def get_config(arg):\n"
-        f"    return _tiny(pathlib.Path({str(tmp_path)!r}), arg)\n")
+    config_file = config_file_calling(tmp_path, "test_defense_gan_runs", "_tiny")
     config = configlib.table_config("t", str(config_file), surrogates=[], attacks=(), rows=[
         ("GAN", "gan", 0), ("No defense", "clf", 0),
         ("Defense-GAN-Orig", "clf", 0, {"front_end.run": "GAN", **PROJECTION})])
     with config.unlocked():
         config.progress_bar = False
     workdir = tmp_path / "table"
-    results = table.run_table(config, str(workdir))
-    with open(workdir / "table.json") as f:
-        run_dirs = {name: str(workdir / d) for name, d in json.load(f)["runs"].items()}
+    results, run_dirs = run_table_with_dirs(config, workdir)
     return tmp_path, results, run_dirs
 
 

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import config_file_calling, run_table_with_dirs, tiny_config
 
 from robustgan import attacks, data, recipes, runs, table
 from robustgan import config as configlib
@@ -80,22 +80,14 @@ def test_the_reformer_is_the_generator_of_the_tanh_code_in_the_data_range():
 def reformed_table(tmp_path_factory):
     """A table: the reformer, and a classifier run behind it, white box FGSM."""
     tmp_path = tmp_path_factory.mktemp("magnet_runs")
-    config_file = tmp_path / "cfg.py"
-    config_file.write_text(
-        "import pathlib, sys\n"
-        f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
-        "from test_magnet import _tiny\n"
-        "def get_config(arg):\n"
-        f"    return _tiny(pathlib.Path({str(tmp_path)!r}), arg)\n")
+    config_file = config_file_calling(tmp_path, "test_magnet", "_tiny")
     config = configlib.table_config("t", str(config_file), surrogates=[], attacks=("fgsm",), rows=[
         ("MagNet reformer", "magnet", 0),
         ("MagNet", "clf", 0, {"front_end.run": "MagNet reformer"})])
     with config.unlocked():
         config.progress_bar = False
     workdir = tmp_path / "table"
-    results = table.run_table(config, str(workdir))
-    with open(workdir / "table.json") as f:
-        run_dirs = {name: str(workdir / d) for name, d in json.load(f)["runs"].items()}
+    results, run_dirs = run_table_with_dirs(config, workdir)
     return tmp_path, results, run_dirs
 
 
