@@ -338,33 +338,6 @@ def test_im2col_convolutions_equal_xla_convolutions_to_second_order(padding, str
         assert "conv_general_dilated" in str(jax.make_jaxpr(dilated)(x, kernel))
 
 
-@pytest.mark.parametrize("kernel_size,strides,padding", [
-    ((5, 5), (2, 2), "SAME"), ((4, 4), (2, 2), "SAME"), ((3, 2), (2, 3), "VALID"),
-    ((5, 5), (2, 2), ((2, 1), (1, 2))), ((3, 3), (1, 1), "SAME")])
-def test_matmul_transposed_convs_equal_xla_transposed_convolutions(kernel_size, strides,
-                                                                   padding):
-    """matmul_transposed_convs(fn) has fn's value and gradients (input and kernel) for
-    transposed convolutions of several strides and paddings, in float64, and computes the
-    strided ones' forward without an input-dilated convolution."""
-    with jax.enable_x64(True):
-        kx, kk = jax.random.split(jax.random.key(1))
-        x = jax.random.normal(kx, (2, 5, 4, 3), jnp.float64)
-        kernel = jax.random.normal(kk, (*kernel_size, 3, 4), jnp.float64)
-
-        def deconv(x, kernel):
-            return jnp.tanh(lax.conv_transpose(x, kernel, strides, padding,
-                                               dimension_numbers=("NHWC", "HWIO", "NHWC")))
-
-        ours = common.matmul_transposed_convs(deconv)
-        np.testing.assert_allclose(ours(x, kernel), deconv(x, kernel), rtol=1e-12)
-        loss = lambda fn: lambda x, k: jnp.sum(fn(x, k) ** 3)
-        for a, b in zip(jax.grad(loss(ours), (0, 1))(x, kernel),
-                        jax.grad(loss(deconv), (0, 1))(x, kernel), strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-10)
-        if max(strides) > 1:
-            assert "lhs_dilation" not in str(jax.make_jaxpr(ours)(x, kernel))
-
-
 def test_random_search_keeps_the_best_sample_as_update_best_ranks_them():
     clf = trained_mlp()
     x, y = eval_data()

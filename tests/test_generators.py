@@ -12,7 +12,7 @@ import pytest
 
 from robustgan.errors import ConfigError
 from robustgan.models.generators import GENERATORS, INPUT_KINDS, get_generator
-from robustgan.models.layers import ConvTranspose
+from robustgan.models.layers import TRANSPOSED_CONV_FORMS, ConvTranspose
 
 NUM_CLASSES = 10
 
@@ -116,14 +116,15 @@ def test_unknown_generator_and_bad_width_are_refused():
         get_generator("g1", NUM_CLASSES, width=-1)
 
 
+@pytest.mark.parametrize("form", TRANSPOSED_CONV_FORMS)
 @pytest.mark.parametrize("kernel,stride,size", [(5, 2, 7), (3, 2, 8), (4, 2, 5), (3, 3, 4)])
-def test_subpixel_transposed_conv_equals_flax_conv_transpose(kernel, stride, size):
-    """layers.ConvTranspose (the form whose gradients XLA:CPU runs fast) computes what
+def test_transposed_conv_forms_equal_flax_conv_transpose(kernel, stride, size, form):
+    """layers.ConvTranspose in each form (whose gradients XLA:CPU runs fast) computes what
     nn.ConvTranspose(padding='SAME') does, outputs and gradients, with the same params."""
     x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
     reference = nn.ConvTranspose(4, (kernel, kernel), (stride, stride), padding="SAME")
     variables = reference.init(jax.random.key(1), x)
-    ours = ConvTranspose(4, (kernel, kernel), (stride, stride))
+    ours = ConvTranspose(4, (kernel, kernel), (stride, stride), form=form)
     chex.assert_trees_all_equal_shapes(ours.init(jax.random.key(1), x), variables)
     loss = lambda module: lambda v, x: (module.apply(v, x) ** 2).sum()
     np.testing.assert_allclose(ours.apply(variables, x), reference.apply(variables, x),
@@ -131,3 +132,8 @@ def test_subpixel_transposed_conv_equals_flax_conv_transpose(kernel, stride, siz
     ours_grads = jax.grad(loss(ours), argnums=(0, 1))(variables, x)
     reference_grads = jax.grad(loss(reference), argnums=(0, 1))(variables, x)
     chex.assert_trees_all_close(ours_grads, reference_grads, atol=1e-4, rtol=1e-4)
+
+
+def test_unknown_transposed_conv_form_is_refused():
+    with pytest.raises(ConfigError, match="unknown transposed-convolution form 'fft'"):
+        ConvTranspose(4, (3, 3), (2, 2), form="fft").init(jax.random.key(0), jnp.ones((1, 4, 4, 2)))

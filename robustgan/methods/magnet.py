@@ -36,7 +36,7 @@ import ml_collections
 from flax import struct
 
 from robustgan import nets, optim
-from robustgan.attacks import common, projection
+from robustgan.attacks import projection
 from robustgan.checks import check_at_least
 from robustgan.errors import ConfigError
 from robustgan.methods.base import Method, MethodSpec
@@ -98,13 +98,12 @@ def reformer_variables(state: MagNetState) -> dict:
 @dataclasses.dataclass(frozen=True)
 class Reformer:
     """(variables, x, rng) -> AE(x): the auto-encoder as a front end (`attacks.with_front_end`);
-    deterministic, the key is ignored. Its generator's transposed convolutions run as
-    matrix products on CPU (`common.matmul_transposed_convs`)."""
+    deterministic, the key is ignored."""
 
     module: nn.Module
 
     def __call__(self, variables, x, rng=None):
-        return common.matmul_transposed_convs(self.module.apply)(variables, x)
+        return self.module.apply(variables, x)
 
 
 def magnet(config, num_classes: int, runs=None) -> Method:

@@ -19,6 +19,7 @@ from jax import lax
 from robustgan.errors import ConfigError
 
 BatchNorm = partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
+TRANSPOSED_CONV_FORMS = ("subpixel", "columns")
 
 
 def batch_stats_mode(train: bool, batch_stats: bool | None) -> bool:
@@ -116,27 +117,52 @@ class ResNetTrunk(nn.Module):
 
 class ConvTranspose(nn.Module):
     """`nn.ConvTranspose(features, (k, k), (s, s), padding="SAME")`, same parameters and
-    outputs, computed as one ordinary convolution to s*s*features channels followed by
-    a pixel shuffle (the sub-pixel form).
+    outputs, in a form whose derivatives XLA:CPU runs fast.
 
     Why: XLA:CPU computes the kernel gradient of a transposed (input-dilated) convolution
     with a slow generic loop: for G0's 7x7x128 -> 14x14x64 layer at batch 64 it took
-    263 ms against 15 ms for the forward pass. In the sub-pixel form every derivative is
-    an ordinary convolution. Output pixel s*i + p receives the kernel taps t with
-    (p + t - pad) divisible by s, from input pixel i + (p + t - pad) / s, where pad is
-    the low padding lax.conv_transpose uses for 'SAME'.
+    263 ms against 15 ms for the forward pass. Output pixel s*i + p receives the kernel
+    taps t with (p + t - pad) divisible by s, from input pixel i + (p + t - pad) / s,
+    where pad is the low padding lax.conv_transpose uses for 'SAME'. Two forms:
+    - 'subpixel': one ordinary convolution to s*s*features channels, then a pixel shuffle;
+      every derivative is an ordinary convolution.
+    - 'columns': one matrix product, x @ kernel (each input pixel's k*k*features
+      columns), then col2im (`_col2im`); its derivatives are matrix products and slices,
+      reverse mode only. For 4x4 stride-2 kernels the sub-pixel convolution slides 3x3
+      windows, 2.25x the 4 taps each output pixel uses, and XLA:CPU ran those kernel
+      gradients at about 16 GFLOP/s against 45-90 for its matrix products: the L2L-DA
+      U-Net's generator update (T = 2, batch 100, one CPU device) took 4.4 s in this form
+      against 6.3 s (benchmarks/RESULTS.md, L2L-DA).
     """
 
     features: int
     kernel_size: tuple[int, int]
     strides: tuple[int, int]
     use_bias: bool = True
+    form: str = "subpixel"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        (kh, kw), (sh, sw) = self.kernel_size, self.strides
+        if self.form not in TRANSPOSED_CONV_FORMS:
+            raise ConfigError(f"unknown transposed-convolution form {self.form!r}; choose "
+                              f"one of {TRANSPOSED_CONV_FORMS}")
+        kh, kw = self.kernel_size
         kernel = self.param("kernel", nn.initializers.lecun_normal(),
                             (kh, kw, x.shape[-1], self.features))
+        y = (self._columns(x, kernel) if self.form == "columns"
+             else self._subpixel(x, kernel))
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        return y
+
+    def _columns(self, x, kernel):
+        (kh, kw), c = self.kernel_size, x.shape[-1]
+        columns = jnp.dot(x, kernel.transpose(2, 0, 1, 3).reshape(c, -1))
+        columns = columns.reshape(*x.shape[:3], kh, kw, self.features)
+        return _col2im(self.kernel_size, self.strides)(columns)
+
+    def _subpixel(self, x, kernel):
+        (kh, kw), (sh, sw) = self.kernel_size, self.strides
         (rows, pad_h), (cols, pad_w) = _phase_taps(kh, sh), _phase_taps(kw, sw)
         # phase_kernel[a, b, :, p, q, :]: the kernel of output phase (p, q) at window
         # offset (a, b); tap -1 picks the zero row/column appended to the kernel.
@@ -148,10 +174,52 @@ class ConvTranspose(nn.Module):
             dimension_numbers=("NHWC", "HWIO", "NHWC"))
         n, h, w, _ = y.shape
         y = y.reshape(n, h, w, sh, sw, self.features).transpose(0, 1, 3, 2, 4, 5)
-        y = y.reshape(n, h * sh, w * sw, self.features)
-        if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        return y
+        return y.reshape(n, h * sh, w * sw, self.features)
+
+
+def _col2im(kernel_size: tuple[int, int], strides: tuple[int, int]):
+    """col2im of a 'SAME' transposed convolution: (N, H, W, kh, kw, F) columns ->
+    (N, sh H, sw W, F), output pixel s*i + p the sum of tap t of the columns of input pixel
+    i + (p + t - pad) / s (`_phase_taps`); as a custom VJP (reverse mode only) whose
+    backward pass is its transpose, im2col (slices of the output gradient). JAX derives a
+    sum of kh*kw zero-padded copies of the columns instead, whose transposing copy took
+    22 s of a 30 s generator update (T = 1) in one profile."""
+    (kh, kw), (sh, sw) = kernel_size, strides
+    (rows, pad_h), (cols, pad_w) = _phase_taps(kh, sh), _phase_taps(kw, sw)
+    # where[t] = (p, a): tap t reaches output phase p from window position a
+    where_h = {int(t): (p, a) for (p, a), t in np.ndenumerate(rows) if t >= 0}
+    where_w = {int(t): (q, b) for (q, b), t in np.ndenumerate(cols) if t >= 0}
+
+    @jax.custom_vjp
+    def col2im(columns):
+        n, h, w, _, _, f = columns.shape
+        # padded[:, a, b] holds the columns of input pixel (a - pad_h[0], b - pad_w[0])
+        padded = jnp.pad(columns, ((0, 0), pad_h, pad_w, (0, 0), (0, 0), (0, 0)))
+
+        def phase(p, q):  # output pixels (sh i + p, sw j + q)
+            return sum(padded[:, a:a + h, b:b + w, rows[p, a], cols[q, b]]
+                       for a in range(rows.shape[1]) for b in range(cols.shape[1])
+                       if rows[p, a] >= 0 and cols[q, b] >= 0)
+
+        out = jnp.stack([jnp.stack([phase(p, q) for q in range(sw)], 3) for p in range(sh)], 2)
+        return out.reshape(n, h * sh, w * sw, f)
+
+    def im2col(grad):
+        n, f = grad.shape[0], grad.shape[-1]
+        h, w = grad.shape[1] // sh, grad.shape[2] // sw
+        # phases[:, i + pad_h[1], p, j + pad_w[1], q] = grad[:, sh i + p, sw j + q]
+        phases = jnp.pad(grad.reshape(n, h, sh, w, sw, f),
+                         ((0, 0), pad_h[::-1], (0, 0), pad_w[::-1], (0, 0), (0, 0)))
+
+        def tap(t, u):
+            (p, a), (q, b) = where_h[t], where_w[u]
+            i, j = rows.shape[1] - 1 - a, cols.shape[1] - 1 - b
+            return phases[:, i:i + h, p, j:j + w, q]
+
+        return jnp.stack([jnp.stack([tap(t, u) for u in range(kw)], 3) for t in range(kh)], 3)
+
+    col2im.defvjp(lambda columns: (col2im(columns), None), lambda _, grad: (im2col(grad),))
+    return col2im
 
 
 def _phase_taps(k: int, s: int) -> tuple[np.ndarray, tuple[int, int]]:

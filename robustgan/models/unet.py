@@ -116,9 +116,9 @@ class UNetGenerator(nn.Module):
         d1 = nn.Conv(2 * k, (4, 4), (2, 2), padding="SAME", use_bias=False)(tile(d0))
         d1 = nn.leaky_relu(ConditionalBatchNorm(self.num_classes, self.use_y)(d1, y, use), 0.2)
         d2 = nn.leaky_relu(nn.Conv(4 * k, (4, 4), (2, 2), padding="SAME")(tile(d1)), 0.2)
-        u2 = ConvTranspose(2 * k, (4, 4), (2, 2), use_bias=False)(d2)
+        u2 = ConvTranspose(2 * k, (4, 4), (2, 2), use_bias=False, form="columns")(d2)
         u2 = nn.relu(ConditionalBatchNorm(self.num_classes, self.use_y)(u2, y, use))
-        u1 = ConvTranspose(k, (4, 4), (2, 2), use_bias=False)(
+        u1 = ConvTranspose(k, (4, 4), (2, 2), use_bias=False, form="columns")(
             jnp.concatenate([u2, d1], axis=-1))
         u1 = nn.relu(ConditionalBatchNorm(self.num_classes, self.use_y)(u1, y, use))
         out = nn.Conv(x.shape[-1], (3, 3), padding="SAME")(jnp.concatenate([u1, d0], axis=-1))

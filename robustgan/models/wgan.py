@@ -12,6 +12,11 @@ Readings of the table, checked against the authors' code (models/dataset_models.
   follows: a WGAN critic scores, it does not classify.
 - No BatchNorm (the code's configs set USE_BN: False).
 
+The generator's transposed convolutions are `layers.ConvTranspose` in its 'columns' form
+(the parameters and outputs of `nn.ConvTranspose(padding="SAME")`): XLA:CPU ran the
+input-dilated convolutions of the plain form 9x slower than PyTorch in the forward pass
+and slowly in the kernel gradient (benchmarks/RESULTS.md, Defense-GAN projection).
+
 The generator's sigmoid is mapped onto `value_range` (low + (high - low) * sigmoid), so
 its samples live in the data range the run uses ([0, 1]: exactly the paper's).
 """
@@ -21,7 +26,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from robustgan.models.layers import check_image_shape
+from robustgan.models.layers import ConvTranspose, check_image_shape
 
 LATENT_DIM = 128  # the paper's and the code's z dimension
 TABLE6_GENERATOR_WIDTHS = (256, 256, 128)
@@ -44,10 +49,10 @@ class WGANGenerator(nn.Module):
     def __call__(self, z: jax.Array) -> jax.Array:
         grid, first, second = self.widths
         x = nn.relu(nn.Dense(4 * 4 * grid)(z)).reshape(z.shape[0], 4, 4, grid)
-        x = nn.relu(nn.ConvTranspose(first, (5, 5), strides=(2, 2), padding="SAME")(x))
+        x = nn.relu(ConvTranspose(first, (5, 5), (2, 2), form="columns")(x))
         x = x[:, :7, :7]  # 8x8 -> 7x7, so two more doublings give 28x28
-        x = nn.relu(nn.ConvTranspose(second, (5, 5), strides=(2, 2), padding="SAME")(x))
-        x = nn.ConvTranspose(self.channels, (5, 5), strides=(2, 2), padding="SAME")(x)
+        x = nn.relu(ConvTranspose(second, (5, 5), (2, 2), form="columns")(x))
+        x = ConvTranspose(self.channels, (5, 5), (2, 2), form="columns")(x)
         low, high = self.value_range
         return low + (high - low) * nn.sigmoid(x)
 
