@@ -284,8 +284,10 @@ def table_config(title: str, config_file: str, *, rows, surrogates, attacks=("fg
     run. Each row is attacked white box (clean, then `attacks`: column specs as
     config.eval.attacks) and black box by transfer (`attacks` crafted on each
     surrogate). paper: row name -> the paper's numbers for those columns, printed beside
-    ours. eps_ref_row: the row whose eps_ref (Deep Defense Sec. 4.1) every row's
-    accuracy at 0.2/0.5/1.0 eps_ref is measured at ('' = the first row).
+    ours (kept as (name, numbers) pairs: row names such as 'Adv. Tr. eps=0.3' hold
+    dots, which a ConfigDict key may not). eps_ref_row: the row whose eps_ref (Deep
+    Defense Sec. 4.1) every row's accuracy at 0.2/0.5/1.0 eps_ref is measured at ('' =
+    the first row).
     """
     c = ml_collections.ConfigDict()
     c.table = ml_collections.ConfigDict()
@@ -294,9 +296,7 @@ def table_config(title: str, config_file: str, *, rows, surrogates, attacks=("fg
     c.table.rows = tuple(_table_run(r) for r in rows)
     c.table.surrogates = tuple(_table_run(r) for r in surrogates)
     c.table.attacks = tuple(attacks)
-    c.table.paper = ml_collections.ConfigDict(
-        {k: tuple(v) for k, v in (paper or {}).items()}
-    )
+    c.table.paper = tuple((k, tuple(v)) for k, v in (paper or {}).items())
     c.table.eps_ref_row = eps_ref_row
     c.table.eval_num_examples = 0  # 0: the whole test split
     c.progress_bar = True

@@ -63,9 +63,12 @@ def run(config, workdir: str, mode: str) -> dict:
         return {}
     mesh = parallel.make_mesh()
     results = protocol.evaluate(config, dataset, classifier, mesh)
-    measures = None
+    measures = substitute = None
     if config.eval.measures:
         measures = protocol.protocol_measures(config, dataset, classifier, mesh)
+    if config.eval.substitute:
+        substitute = protocol.substitute_black_box(config, dataset, classifier, mesh)
+        results["substitute"] = substitute["fgsm_accuracy"]
     context = {
         "method": config.method, "data": f"{config.data.source}:{config.data.name}",
         "model": config.model.name, "train_steps": config.num_train_steps,
@@ -80,7 +83,8 @@ def run(config, workdir: str, mode: str) -> dict:
                                 f"{' (also trained on)' if config.front_end.train else ''}")
     if jax.process_index() == 0:
         name = f"{config.data.name}/{config.method}"
-        print(report.write_results(workdir, name, results, context, measures), flush=True)
+        print(report.write_results(workdir, name, results, context, measures, substitute),
+              flush=True)
     return results
 
 

@@ -107,14 +107,23 @@ def run_table(config, workdir: str, output: str = "table") -> dict:
             rng=jax.random.key(run_config.seed + 2), progress=config.progress_bar,
         )
     columns = [*cols, "min"]
+    substitutes = {name: protocol.substitute_black_box(trained[name][0], dataset,
+                                                       trained[name][1], mesh)
+                   for name in evaluated if trained[name][0].eval.substitute}
+    for name, substitute in substitutes.items():
+        results[name]["substitute"] = substitute["fgsm_accuracy"]
+    if substitutes:
+        columns.append("substitute")
     measures = table_measures(table, trained, evaluated, results, cols, dataset, mesh)
-    paper = {name: dict(zip(columns, table.paper[name], strict=False))
-             for name in evaluated if name in table.paper}
+    paper = {name: dict(zip(columns, values, strict=False))
+             for name, values in table.paper if name in evaluated}
     e = first_config.eval
     notes = (f"{first_config.data.name}, {results[evaluated[0]]['num_examples']} test "
              f"images, eps {e.eps:g}; PGD-{e.pgd_steps} step {e.pgd_step_size:g}, random start; "
              f"transfer columns: attack crafted on the surrogate in parentheses. "
              f"Min: correct under every column (per-example worst case).")
+    if substitutes:
+        notes += " " + report.substitute_note(substitutes) + " Min leaves it out."
     markdown = report.results_table_markdown(table.title, results, columns, paper, notes)
     if measures:
         markdown += "\n" + report.measures_markdown(measures)
@@ -130,7 +139,7 @@ def run_table(config, workdir: str, output: str = "table") -> dict:
     report.save_outputs(
         workdir, output, markdown,
         {"title": table.title, "columns": columns, "results": results, "paper": paper,
-         "notes": notes, "measures": measures,
+         "notes": notes, "measures": measures, "substitutes": substitutes,
          "runs": {n: os.path.basename(d) for n, d in run_dirs.items()}},
         draw)
     return results

@@ -61,8 +61,10 @@ def test_tables_and_studies_name_the_recorded_runs_and_settings(spec):
     old, new = CONFIGS[spec], flat(load(spec))
     for key in ("table.title", "table.attacks", "table.eval_num_examples", "table.config_file"):
         assert new[key] == old[key], key
-    assert {k: v for k, v in new.items() if k.startswith("table.paper")} == {
-        k: v for k, v in old.items() if k.startswith("table.paper")}
+    # The paper's rows were a ConfigDict; they are (name, numbers) pairs now.
+    assert {name: list(values) for name, values in new["table.paper"]} == {
+        k.removeprefix("table.paper."): v for k, v in old.items()
+        if k.startswith("table.paper.")}
     for part in ("rows", "surrogates"):
         assert [r[:3] for r in new[f"table.{part}"]] == old[f"table.{part}"]
     # The EAT row's sources were a table key; they are a run reference of the row now.

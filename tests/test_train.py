@@ -207,7 +207,11 @@ def test_table_mode_trains_runs_and_lays_out_white_and_transfer_columns(tmp_path
         str(config_file),
         # "std pgd-3" differs from "std" in evaluation only: it reuses std's run.
         rows=[("std", "standard", 0), ("adv", "pgd_at", 0),
-              ("std pgd-3", "standard", 0, {"eval.pgd_steps": 3, "eval.measures": False})],
+              # The substitute black box runs without the other measures.
+              ("std pgd-3", "standard", 0, {
+                  "eval.pgd_steps": 3, "eval.measures": False, "eval.substitute": "dgan_e",
+                  "eval.substitute_seed_size": 16, "eval.substitute_rounds": 1,
+                  "eval.substitute_epochs": 1})],
         surrogates=[("S'", "standard", 1)],
         paper={"std": (99.0, 20.0)},
         eps_ref_row="adv",
@@ -220,8 +224,10 @@ def test_table_mode_trains_runs_and_lays_out_white_and_transfer_columns(tmp_path
     assert list(results["adv"]) == [
         "clean", "fgsm", "pgd", "fgsm(S')", "pgd(S')", "min", "num_examples"]
     for row in results.values():
-        assert row["min"] <= min(v for k, v in row.items() if k not in ("min", "num_examples"))
+        assert row["min"] <= min(v for k, v in row.items()
+                                 if k not in ("min", "num_examples", "substitute"))
     assert results["std pgd-3"]["clean"] == results["std"]["clean"]
+    assert [list(results[n]).count("substitute") for n in results] == [0, 0, 1]
     assert sorted(os.listdir(workdir)) == [
         "pgd_at_seed0",
         "standard_seed0",
@@ -235,6 +241,12 @@ def test_table_mode_trains_runs_and_lays_out_white_and_transfer_columns(tmp_path
     assert saved["runs"]["std pgd-3"] == saved["runs"]["std"] == "standard_seed0"
     measures = saved["measures"]
     assert set(measures) == {"std", "adv"}
+    substitute = saved["substitutes"]["std pgd-3"]
+    assert list(saved["substitutes"]) == ["std pgd-3"]
+    assert (substitute["model"], substitute["seed_examples"], substitute["num_examples"]) == (
+        "dgan_e", 16, 16)
+    assert len(substitute["agreement_per_round"]) == 1
+    assert results["std pgd-3"]["substitute"] == substitute["fgsm_accuracy"]
     # Protocol fix: white box against transfer is judged over the 64 evaluated images,
     # not the 32 measure images.
     check = measures["adv"]["sanity"]["white_box_vs_transfer"]
@@ -251,7 +263,8 @@ def test_table_mode_trains_runs_and_lays_out_white_and_transfer_columns(tmp_path
         std, x, y, measures["adv"]["eps_ref"], rng=key, batch_size=32, value_range=(-1.0, 1.0))
     assert measures["std"]["accuracy_at_eps_ref"] == {str(k): v for k, v in at_adv_eps.items()}
     text = open(os.path.join(workdir, "table.md")).read()
-    assert "| model | No noise | FGS | PGD | FGS(S') | PGD(S') | Min |" in text
+    assert "| model | No noise | FGS | PGD | FGS(S') | PGD(S') | Min | substitute FGS |" in text
+    assert "Substitute: FGSM crafted on a substitute" in text
     assert "| std | 99.00 | 20.00 |" in text  # the paper's row beside ours
     assert "at 0.2/0.5/1.0 of the eps_ref of adv" in text
     # A second call reuses the finished runs: no training steps.
@@ -274,7 +287,8 @@ def test_evaluation_reports_protocol_measures_and_flags_failures(tmp_path):
         "eval.substitute_epochs": 1, "eval.deepfool_steps": 10})
     workdir = str(tmp_path / "run")
     main.run(config, workdir, "train")
-    saved = json.load(open(os.path.join(workdir, "results.json")))["measures"]
+    everything = json.load(open(os.path.join(workdir, "results.json")))
+    saved = everything["measures"]
     assert set(saved["sanity"]) == {"unbounded_attack", "more_steps", "gradients"}
     assert saved["num_examples"] == 40
     # The measures the protocol fixes left alone are those recorded before them.
@@ -283,8 +297,11 @@ def test_evaluation_reports_protocol_measures_and_flags_failures(tmp_path):
     assert saved["accuracy_at_eps_ref"] == pytest.approx(before["accuracy_at_eps_ref"], abs=0.03)
     assert saved["pgd_curve"]["accuracy"] == pytest.approx(before["pgd_curve"]["accuracy"],
                                                            abs=0.03)
-    assert saved["substitute"]["agreement_per_round"] == pytest.approx(
+    substitute = everything["substitute"]
+    assert substitute["agreement_per_round"] == pytest.approx(
         before["substitute_agreement"], abs=0.05)
+    assert (substitute["seed_examples"], substitute["num_examples"]) == (16, 24)
+    assert everything["results"]["substitute"] == substitute["fgsm_accuracy"]
     # rho as the paper computes it: DeepFool unclipped (here 10 steps, as it ran then).
     for rho in ("rho_2", "rho_inf"):
         assert saved[f"{rho}_unclipped"] == pytest.approx(before[rho], rel=1e-3)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 
 import jax
 import jax.numpy as jnp
 
 from robustgan import models
+from robustgan.errors import ConfigError
 from robustgan.evaluate import blackbox, measures
 from robustgan.evaluate.batching import AttackFn, map_batches
 from robustgan.evaluate.columns import white_box as attacks_by_name
@@ -97,14 +99,18 @@ def evaluate(config, dataset, classifier, mesh) -> dict[str, float]:
     )
 
 
+def protocol_keys(config) -> jax.Array:
+    """The measures' keys: sanity checks, rho_2, rho_inf, eps_ref, the PGD curve, and the
+    substitute black box."""
+    return jax.random.split(jax.random.key(config.seed + 3), 6)
+
+
 def protocol_measures(config, dataset, classifier, mesh, *, white_box_accuracy=None,
                       transfer_accuracy=None, evaluation_examples=None,
                       reference_eps=None) -> dict:
     """The rest of the protocol on the first `eval.measure_examples` evaluation images:
     sanity checks (flagged, never hidden), rho_2 / rho_inf (Deep Defense Eq. 7), eps_ref
-    and accuracy at 0.2/0.5/1.0 eps_ref, a PGD robustness curve, and, when
-    `eval.substitute` names a model, Papernot et al.'s substitute-training black box
-    (FGSM on the substitute's predicted labels, as CleverHans and Defense-GAN's code).
+    and accuracy at 0.2/0.5/1.0 eps_ref, and a PGD robustness curve.
 
     rho_2 / rho_inf come from DeepFool with every iterate clipped to the image range (the
     distance to a valid adversarial image); rho_2_unclipped / rho_inf_unclipped from the
@@ -125,18 +131,27 @@ def protocol_measures(config, dataset, classifier, mesh, *, white_box_accuracy=N
     devices = 1 if mesh is None else mesh.devices.size
     batch_size = min(e.batch_size, -(-len(y) // devices) * devices)
     common = dict(batch_size=batch_size, value_range=config.data.value_range, mesh=mesh)
-    keys = jax.random.split(jax.random.key(config.seed + 3), 6)
+    keys = protocol_keys(config)
     out = {"num_examples": len(y)}
+    started = time.perf_counter()
+
+    def progress(stage: str):  # the measures run for minutes per model on a CPU
+        print(f"[measures] {stage} on {len(y)} images "
+              f"({time.perf_counter() - started:.0f} s in)", flush=True)
+
+    progress("sanity checks")
     out["sanity"] = measures.sanity_checks(
         classifier, x, y, eps=e.eps, rng=keys[0], white_box_accuracy=white_box_accuracy,
         transfer_accuracy=transfer_accuracy, transfer_examples=evaluation_examples, **common)
     out["deepfool_steps"] = e.deepfool_steps
+    progress(f"rho_2 and rho_inf ({e.deepfool_steps}-step DeepFool, clipped and not)")
     for name, norm, rng in (("rho_2", "l2", keys[1]), ("rho_inf", "linf", keys[2])):
         for suffix, clip in (("", True), ("_unclipped", False)):
             rho = measures.rho(classifier, x, y, norm, rng=rng, max_iter=e.deepfool_steps,
                                clip=clip, **common)
             out[name + suffix] = rho["rho"]
             out[f"{name}{suffix}_fooled_fraction"] = rho["fooled"]
+    progress("eps_ref and the accuracies at its fractions")
     ref = measures.eps_ref(classifier, x, y, rng=keys[3],
                            fractions=() if reference_eps else measures.DEEP_DEFENSE_FRACTIONS,
                            **common)
@@ -148,23 +163,42 @@ def protocol_measures(config, dataset, classifier, mesh, *, white_box_accuracy=N
         at_ref = {} if value != value else measures.accuracy_at_eps_ref(  # NaN: none found
             classifier, x, y, value, rng=keys[3], **common)
     out["accuracy_at_eps_ref"] = {str(k): v for k, v in at_ref.items()}
+    progress("PGD robustness curve")
     pgd = measures.attack_at_eps("pgd", step_fraction=0.25, steps=e.pgd_steps,
                                  random_start=True)
     eps, acc = measures.robustness_curve(
         classifier, x, y, pgd, [f * e.eps for f in e.curve_eps_fractions], rng=keys[4],
         **common)
     out["pgd_curve"] = {"eps": eps.tolist(), "accuracy": acc.tolist()}
-    if e.substitute:
-        seed_size = e.substitute_seed_size
-        substitute, history = blackbox.train_substitute(
-            classifier, x[:seed_size], module=models.get_model(e.substitute, dataset.num_classes),
-            x_holdout=x[seed_size:], rounds=e.substitute_rounds,
-            epochs_per_round=e.substitute_epochs, rng=keys[5],
-            value_range=config.data.value_range)
-        out["substitute"] = {
-            "model": e.substitute, "agreement_per_round": history["agreement"],
-            "fgsm_accuracy": blackbox.substitute_attack_accuracy(
-                classifier, substitute, x[seed_size:], y[seed_size:], eps=e.eps,
-                rng=keys[5], predicted_labels=True, **common),
-        }
     return out
+
+
+def substitute_black_box(config, dataset, classifier, mesh) -> dict:
+    """Papernot et al.'s substitute-training black box, run whenever `eval.substitute`
+    names a model (apart from the other measures, which through a purifier cost far
+    more): the substitute is trained from the first `eval.substitute_seed_size`
+    evaluation images with `classifier` as its labelling oracle (Jacobian augmentation,
+    `eval.substitute_rounds` rounds), then FGSM at eval.eps crafted on it, on its own
+    predicted labels as CleverHans and Defense-GAN's code, is tested on the next images
+    up to `eval.measure_examples`."""
+    e = config.eval
+    x, y = eval_split(config, dataset)
+    x, y = x[: e.measure_examples], y[: e.measure_examples]
+    seed_size = e.substitute_seed_size
+    if len(y) <= seed_size:
+        raise ConfigError(f"eval.measure_examples={e.measure_examples} leaves no test image "
+                          f"after the substitute's {seed_size} seed images")
+    print(f"[substitute] training {e.substitute} from {seed_size} images, then FGSM on "
+          f"{len(y) - seed_size}", flush=True)
+    rng = protocol_keys(config)[5]
+    substitute, history = blackbox.train_substitute(
+        classifier, x[:seed_size], module=models.get_model(e.substitute, dataset.num_classes),
+        x_holdout=x[seed_size:], rounds=e.substitute_rounds,
+        epochs_per_round=e.substitute_epochs, rng=rng, value_range=config.data.value_range)
+    accuracy = blackbox.substitute_attack_accuracy(
+        classifier, substitute, x[seed_size:], y[seed_size:], eps=e.eps, rng=rng,
+        predicted_labels=True, batch_size=e.batch_size, value_range=config.data.value_range,
+        mesh=mesh)
+    return {"model": e.substitute, "agreement_per_round": history["agreement"],
+            "fgsm_accuracy": accuracy, "seed_examples": seed_size,
+            "num_examples": len(y) - seed_size}

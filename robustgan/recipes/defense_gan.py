@@ -230,21 +230,15 @@ def table1_config(dataset: str, config_file: str, substitute: str) -> ml_collect
     Defense-GAN-Orig (the No defense run behind the projection), both at CPU_PROJECTION;
     MagNet (the No defense run behind the magnet run's reformer, whose decoder starts from
     the GAN run's generator); Adv. Tr. at eps 0.3 and 0.15. Each row: clean accuracy ('No
-    attack') on the first SUBSTITUTE_SEED_SIZE + CPU_TABLE1_TEST_EXAMPLES test images, and
-    in the protocol measures ('substitute FGS') the accuracy under FGSM eps 0.3 crafted on
-    `substitute`, a Table 5 model trained by Papernot et al.'s procedure against the
-    defended classifier as oracle (config.eval.substitute: seeded with the first
-    SUBSTITUTE_SEED_SIZE of those images, tested on the rest; 6 rounds, lambda 0.1, 10
-    epochs).
-
-    eval.substitute runs within the protocol measures (`table.table_measures`), so every
-    row also gets the sanity checks, DeepFool rho, eps_ref and a PGD curve on the same
-    images; through the projection these cost far more than the substitute. The table's
-    paper rows hold its one column, No attack; the paper's black-box accuracies are
-    PAPER_TABLE1_A."""
+    noise') on the first SUBSTITUTE_SEED_SIZE + CPU_TABLE1_TEST_EXAMPLES test images, and
+    ('substitute FGS') the accuracy under FGSM eps 0.3 crafted on `substitute`, a Table 5
+    model trained by Papernot et al.'s procedure against the defended classifier as oracle
+    (config.eval.substitute: seeded with the first SUBSTITUTE_SEED_SIZE of those images,
+    tested on the rest; 6 rounds, lambda 0.1, 10 epochs). The paper's rows: its clean
+    accuracy of classifier A (one number for every row) and its Table 1 (2) accuracy."""
     classifier = "standard,defense_gan,a,cpu"
     examples = SUBSTITUTE_SEED_SIZE + CPU_TABLE1_TEST_EXAMPLES
-    black_box = {"eval.measures": True, "eval.substitute": substitute,
+    black_box = {"eval.substitute": substitute,
                  "eval.substitute_seed_size": SUBSTITUTE_SEED_SIZE,
                  "eval.measure_examples": examples}
     projected = {"front_end.run": "GAN", **CPU_PROJECTION, **black_box}
@@ -264,7 +258,8 @@ def table1_config(dataset: str, config_file: str, substitute: str) -> ml_collect
         f"R={CPU_PROJECTION['defense_gan.projection.restarts']}; substitute seeded with "
         f"{SUBSTITUTE_SEED_SIZE} test images, tested on {CPU_TABLE1_TEST_EXAMPLES})",
         config_file, rows=rows, surrogates=(), attacks=(),
-        paper={"No defense": (round(100 * paper["No attack"], 2),)} if paper else None)
+        paper={name: (round(100 * paper["No attack"], 2), None, round(100 * value, 2))
+               for name, value in paper.items() if name != "No attack"} if paper else None)
     with c.unlocked():
         c.table.eval_num_examples = examples
     return c

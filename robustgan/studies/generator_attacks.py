@@ -83,7 +83,7 @@ def run(config, workdir: str) -> dict:
     models = list(trained)
     results = {row: {m: by_model[m][row] for m in models} for row in cols}
     paper = {row: dict(zip(models, values, strict=False))
-             for row, values in config.table.paper.items()}
+             for row, values in config.table.paper}
     notes = (f"{target_config.data.name}, {len(y)} test images, eps "
              f"{attack_eps(config, target_config):g}. Each generator trained against "
              f"{models[0]} for {g.steps} minibatches of {g.batch_size} "
