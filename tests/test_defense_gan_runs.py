@@ -4,14 +4,20 @@ defended by a GAN run (config.front_end.run), trained on reconstructions
 
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import config_file_calling, run_table_with_dirs, tiny_config
+from test_attacks import linear_apply
+from test_attacks_adaptive import quantize
 from test_defense_gan import TINY
 
+from robustgan import attacks, recipes, runs, table, train
 from robustgan import config as configlib
-from robustgan import data, recipes, runs, table, train
+from robustgan import data
 from robustgan.attacks import projection as proj
+from robustgan.classifier import Classifier
+from robustgan.evaluate import protocol
 from robustgan.errors import ConfigError
 from robustgan.methods import defense_gan
 from robustgan.recipes import defense_gan as recipe
@@ -160,3 +166,28 @@ def test_the_cpu_tables_sweep_l_and_r_over_one_classifier_run():
         assert names == {"standard_a_cpu_seed0"}
         assert len(settings) == len(t.rows) - 2
     assert settings == {(5, 2), (10, 2), (20, 2), (10, 1), (10, 4)}
+
+
+def test_the_athalye_column_is_bpda_l2_pgd_within_their_mean_squared_distance():
+    """Athalye et al.'s MNIST setting: BPDA through the front end, L2 PGD whose examples
+    stay within a mean squared perturbation of 0.005 per [0, 1] pixel, and reach it on a
+    linear model (whose loss grows along the gradient to the ball's edge)."""
+    config = recipes.get_config("mnist", "defense_gan_table4_cpu", "configs/mnist.py")
+    assert recipe.ATHALYE_L2 in config.table.attacks
+    run_config = table.table_run_config(config.table, config.table.rows[2], False,
+                                        {"GAN": "/runs/gan"})
+    column = protocol.white_box_columns(run_config.eval, (recipe.ATHALYE_L2,))["athalye_l2"]
+    rng = np.random.default_rng(0)
+    variables = {"w": jnp.asarray(rng.normal(size=(784, 10)), jnp.float32),
+                 "b": jnp.zeros(10, jnp.float32)}
+    low, high = run_config.data.value_range
+    classifier = attacks.with_front_end(  # a front end with no useful gradient
+        quantize, {"levels": 4.0}, Classifier(linear_apply, variables, (low, high), 10))
+    x = jnp.full((4, 28, 28, 1), (low + high) / 2)
+    y = classifier.logits(x).argmax(-1)
+    x_adv = column.attack(classifier, x, y, jax.random.key(0))
+    pixels = (x_adv - x) / (high - low)  # [0, 1] pixel units
+    mse = (pixels ** 2).reshape(4, -1).mean(1)
+    assert np.all(mse <= recipe.ATHALYE_MSE * (1 + 1e-4))
+    assert np.all(mse >= 0.99 * recipe.ATHALYE_MSE)
+    assert column.attack.wrap is attacks.bpda
