@@ -12,13 +12,12 @@ from test_attacks import linear_apply
 from test_attacks_adaptive import quantize
 from test_defense_gan import TINY
 
-from robustgan import attacks, recipes, runs, table, train
+from robustgan import attacks, data, recipes, runs, table, train
 from robustgan import config as configlib
-from robustgan import data
 from robustgan.attacks import projection as proj
 from robustgan.classifier import Classifier
-from robustgan.evaluate import protocol
 from robustgan.errors import ConfigError
+from robustgan.evaluate import protocol
 from robustgan.methods import defense_gan
 from robustgan.recipes import defense_gan as recipe
 
