@@ -299,6 +299,9 @@ def table_config(title: str, config_file: str, *, rows, surrogates, attacks=("fg
     c.table.paper = tuple((k, tuple(v)) for k, v in (paper or {}).items())
     c.table.eps_ref_row = eps_ref_row
     c.table.eval_num_examples = 0  # 0: the whole test split
+    # workdir/<output>.md, .json, .png: layouts that share one workdir (and so its
+    # trained runs) name their outputs apart.
+    c.table.output = "table"
     c.progress_bar = True
     attacks_by_name(base_config().eval, c.table.attacks)
     names = [r[0] for r in (*c.table.rows, *c.table.surrogates)]

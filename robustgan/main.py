@@ -50,7 +50,7 @@ def run(config, workdir: str, mode: str) -> dict:
     if kind == "study":
         return studies.run(config, workdir)
     if kind == "table":
-        return table.run_table(config, workdir)
+        return table.run_table(config, workdir, config.table.output)
     configlib.validate(config)
     if mode == "train":
         dataset, method, state = train.train(config, workdir)

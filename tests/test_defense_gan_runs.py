@@ -147,6 +147,23 @@ def test_the_recipe_holds_the_papers_settings(dataset):
         recipes.get_config(dataset, "standard,defense_gan,a,b", file)
 
 
+def test_the_layouts_share_one_workdir_under_their_own_output_names():
+    names = ("defense_gan_table1_cpu", "defense_gan_table1_e_cpu", "defense_gan_table4_cpu",
+             "defense_gan_lr_sweep_cpu")
+    configs = [recipes.get_config("mnist", name, "configs/mnist.py") for name in names]
+    outputs = {c.table.output for c in configs}
+    assert len(outputs) == len(names) and "table" not in outputs
+    runs_of = set()
+    for c in configs:  # the GAN and classifier A are the same runs in every layout
+        run_dirs = {}
+        for row in c.table.rows:
+            if row[0] in ("GAN", "No defense"):
+                run_dirs[row[0]] = f"/runs/{row[0]}"
+                runs_of.add(table.run_name(table.table_run_config(c.table, row, False, run_dirs),
+                                           row[3]))
+    assert runs_of == {"defense_gan_cpu_seed0", "standard_a_cpu_seed0"}
+
+
 def test_the_cpu_tables_sweep_l_and_r_over_one_classifier_run():
     """Every defended row's config validates and resolves to the classifier run of 'No
     defense' behind the GAN row's run."""

@@ -218,6 +218,7 @@ def test_table_mode_trains_runs_and_lays_out_white_and_transfer_columns(tmp_path
     )
     with config.unlocked():
         config.progress_bar = False
+        config.table.output = "tiny"  # the outputs' file names
     workdir = str(tmp_path / "table")
     results = main.run(config, workdir, "table")
     assert list(results) == ["std", "adv", "std pgd-3"]
@@ -232,12 +233,12 @@ def test_table_mode_trains_runs_and_lays_out_white_and_transfer_columns(tmp_path
         "pgd_at_seed0",
         "standard_seed0",
         "standard_seed1",
-        "table.json",
-        "table.md",
-        "table.png",
-        "table_curves.png",
+        "tiny.json",
+        "tiny.md",
+        "tiny.png",
+        "tiny_curves.png",
     ]
-    saved = json.load(open(os.path.join(workdir, "table.json")))
+    saved = json.load(open(os.path.join(workdir, "tiny.json")))
     assert saved["runs"]["std pgd-3"] == saved["runs"]["std"] == "standard_seed0"
     measures = saved["measures"]
     assert set(measures) == {"std", "adv"}
@@ -262,7 +263,7 @@ def test_table_mode_trains_runs_and_lays_out_white_and_transfer_columns(tmp_path
     at_adv_eps = measures_lib.accuracy_at_eps_ref(
         std, x, y, measures["adv"]["eps_ref"], rng=key, batch_size=32, value_range=(-1.0, 1.0))
     assert measures["std"]["accuracy_at_eps_ref"] == {str(k): v for k, v in at_adv_eps.items()}
-    text = open(os.path.join(workdir, "table.md")).read()
+    text = open(os.path.join(workdir, "tiny.md")).read()
     assert "| model | No noise | FGS | PGD | FGS(S') | PGD(S') | Min | substitute FGS |" in text
     assert "Substitute: FGSM crafted on a substitute" in text
     assert "| std | 99.00 | 20.00 |" in text  # the paper's row beside ours

@@ -193,6 +193,7 @@ def table4_config(dataset: str, config_file: str) -> ml_collections.ConfigDict:
         surrogates=(), attacks=TABLE4_ATTACKS + ADAPTIVE_ATTACKS)
     with c.unlocked():
         c.table.eval_num_examples = CPU_TABLE4_EXAMPLES
+        c.table.output = "defense_gan_table4"
     return c
 
 
@@ -212,6 +213,7 @@ def lr_sweep_config(dataset: str, config_file: str) -> ml_collections.ConfigDict
                                attacks=("fgsm",))
     with c.unlocked():
         c.table.eval_num_examples = CPU_SWEEP_EXAMPLES
+        c.table.output = "defense_gan_lr_sweep"
     return c
 
 
@@ -272,6 +274,7 @@ def table1_config(dataset: str, config_file: str, substitute: str) -> ml_collect
                for name, value in paper.items() if name != "No attack"} if paper else None)
     with c.unlocked():
         c.table.eval_num_examples = examples
+        c.table.output = f"defense_gan_table1_{substitute}"
     return c
 
 
