@@ -42,11 +42,13 @@ TABLE1_ATTACKS = ("fgsm", "pgd100=pgd(steps=100)", "cw1000=pgd(steps=1000, loss=
 # Table 3's transfer columns: PGD10 and PGD100 crafted on each surrogate.
 TABLE3_ATTACKS = TABLE2_ATTACKS[1:3]
 
-# The CPU layouts. l2l_da's step (T = 10, the width-64 U-Net, batch 100, two z samples)
-# took 158 s on this 2-core CPU (ROBUSTGAN_CPU_DEVICES=1, load average 6-10 from other
-# jobs; T = 1: 11.5 s, T = 2: 29 s; a width-16 U-Net at T = 10: 17 s): CPU_STEPS classifier
-# updates keep that row within about an hour. The paper: 100k iterations.
-CPU_STEPS = 20
+# The CPU layouts. l2l_da's train step (T = 10, the width-64 U-Net, batch 100, two z
+# samples) took 50 s on this 2-core CPU with the U-Net's 'columns' transposed
+# convolutions (ROBUSTGAN_CPU_DEVICES=1, load average 5 from two other jobs; 158 s before
+# them; the generator update alone 20.8 s at load 1-2, benchmarks/RESULTS.md): CPU_STEPS
+# classifier updates keep a row within about an hour on an idle machine (an estimate:
+# about 25 s a step). The paper: 100k iterations.
+CPU_STEPS = 100
 CLEAN_START_STEPS = 1_000  # the Plain row, every other row's start (the authors' warm-up)
 CPU_EXAMPLES = 1_000
 # Figure 2's statistics took 22 s per 20 images on one classifier (the width-64 U-Net, 10 z
