@@ -58,17 +58,21 @@ def test_every_layout_validates_with_equal_classifier_budgets(arg):
         assert c.model.name == "lenet5" and c.batch_size == 100 and c.eval.eps == 0.3
         if name in starts:
             assert (c.method, c.num_train_steps) == ("standard", recipe.CLEAN_START_STEPS)
+        elif name == recipe.EQUAL_TIME_ROW:  # PGD10 at L2L-DA's wall time
+            assert (c.method, c.num_train_steps) == (
+                "pgd_at", recipe.CPU_STEPS * recipe.L2L_DA_OVER_PGD10_STEP_TIME)
         else:
             assert c.num_train_steps == recipe.CPU_STEPS, name
             assert c.init_from.run in {f"runs/{s}" for s in starts}, name
-    budgets = {configs[n].num_train_steps for n, *_ in config.table.rows if n not in starts}
+    budgets = {configs[n].num_train_steps for n, *_ in config.table.rows
+               if n not in starts | {recipe.EQUAL_TIME_ROW}}
     assert budgets == {recipe.CPU_STEPS}
 
 
 def test_table2_columns_and_the_papers_numbers_line_up():
     config = configlib.load_config_file(f"{MNIST}:l2l_da_table2_cpu")
-    assert [name for name, *_ in config.table.rows] == ["Plain", "PGD10", "L2L*",
-                                                        "L2L-DA (full)"]
+    assert [name for name, *_ in config.table.rows] == [
+        "Plain", "PGD10", recipe.EQUAL_TIME_ROW, "L2L*", "L2L-DA (full)"]
     cols = columns(config)
     assert cols == ["clean", "fgsm", "pgd10", "pgd100", "cw100", "apgd_ce", "apgd_dlr", "min"]
     paper = dict(config.table.paper)
