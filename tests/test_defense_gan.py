@@ -22,7 +22,7 @@ from robustgan.methods import defense_gan
 from robustgan.models import wgan
 
 TINY = {"defense_gan.generator_widths": (8, 8, 4), "defense_gan.critic_widths": (4, 8, 8),
-        "defense_gan.learning_rate": 1e-3}
+        "defense_gan.learning_rate": 1e-3, "defense_gan.critic_steps": 2}
 
 
 def _linear(v, z):
@@ -265,20 +265,34 @@ def test_critic_and_generator_steps_each_lower_their_own_loss(tiny):
     chex.assert_trees_all_equal(after.critic, state.critic)
 
 
-def test_every_call_is_a_critic_step_and_every_fifth_a_generator_step(tiny):
-    _, method, state, x = tiny
-    step = jax.jit(method.train_step)
-    generators = []
-    for t in range(10):
-        state, metrics = step(state, x, None, jax.random.key(20 + t))
-        generators.append(state.generator.params)
-    assert (int(state.step), int(state.critic.step), int(state.generator.step)) == (10, 10, 2)
+def test_a_train_step_is_critic_steps_on_interleaved_rows_then_a_generator_step(tiny):
+    """One generator iteration of the authors' order: critic step i on rows i, i + k, ...
+    of the batch (k = critic_steps = 2 here), then a generator step of the critic's batch
+    size; the same as calling the steps one by one."""
+    config, method, state, x = tiny
+    gan = defense_gan.wgan_gp(config, 1)
+    rng = jax.random.key(20)
+    after, metrics = jax.jit(method.train_step)(state, x, None, rng)
+    assert (int(after.step), int(after.critic.step), int(after.generator.step)) == (1, 2, 1)
     assert set(metrics) == {"critic_loss", "wasserstein", "gradient_penalty", "generator_loss"}
-    for t in (1, 2, 3, 6, 7, 8):
-        chex.assert_trees_all_equal(generators[t], generators[t - 1])
-    for t in (4, 9):
-        assert not np.allclose(jax.tree.leaves(generators[t])[0],
-                               jax.tree.leaves(generators[t - 1])[0])
+    keys = jax.random.split(rng, 3)
+
+    @jax.jit
+    def by_hand(s):
+        s, first = gan.critic_step(s, x[0::2], keys[0])
+        s, second = gan.critic_step(s, x[1::2], keys[1])
+        s, _ = gan.generator_step(s, 4, keys[2])
+        return s, (first["critic_loss"] + second["critic_loss"]) / 2
+
+    expected, critic_loss = by_hand(state)
+    chex.assert_trees_all_close(after.critic.params, expected.critic.params, rtol=1e-5)
+    chex.assert_trees_all_close(after.generator.params, expected.generator.params, rtol=1e-5)
+    np.testing.assert_allclose(metrics["critic_loss"], critic_loss, rtol=1e-5)
+
+
+def test_a_batch_that_does_not_split_into_the_critic_steps_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="multiple of 2"):
+        configlib.validate(tiny_config(tmp_path, "defense_gan", **{**TINY, "batch_size": 15}))
 
 
 def test_table6_networks_have_the_papers_shapes_and_the_data_range():
@@ -321,12 +335,12 @@ def test_defense_gan_trains_checkpoints_resumes_and_defends(tmp_path):
     assert {"critic_loss", "wasserstein", "gradient_penalty", "generator_loss"} <= set(rows[0])
     run = runs.load_run(workdir)
     assert run.step == 8 and set(run.method.networks) == {"generator", "critic"}
-    assert int(run.network("generator").step) == 1
+    assert int(run.network("generator").step) == 8
     # Resumes (the projection's settings may change: evaluation only) and trains on.
     longer = tiny_config(tmp_path, "defense_gan", steps=10,
                          **{**TINY, "defense_gan.projection.steps": 3})
     _, _, state = train.train(longer, workdir)
-    assert (int(state.step), int(state.generator.step)) == (10, 2)
+    assert (int(state.step), int(state.generator.step), int(state.critic.step)) == (10, 10, 20)
     # The trained generator behind a classifier: reconstructions in the data range.
     w = jax.random.normal(jax.random.key(20), (784, 10))
     clf = Classifier(_linear_classifier, w, (-1.0, 1.0), 10)

@@ -3,11 +3,14 @@
 `attacks.projection`); the run trains no classifier (`classifier=None`): the classifiers
 it defends are other runs, put behind the projection by `defended_classifier`.
 
-Schedule: the loop calls `train_step` once per batch, and every call is one critic step
-on that batch; every `critic_steps`-th call (step % critic_steps == critic_steps - 1) is
-also one generator step, after the critic's (`nets.when`). That is the authors' order
-(5 critic steps on 5 batches, then a generator step, ...), so their 200k iterations are
-1M train steps here, and `num_train_steps` counts critic steps.
+Schedule: one train step is one of the authors' generator iterations: `critic_steps`
+critic steps, the i-th on rows i, i + critic_steps, ... of the batch (so
+config.batch_size is critic_steps x the critic's batch), then one generator step of the
+critic's batch size. `num_train_steps` counts generator iterations (the paper's 200k).
+The critic steps are unrolled in the compiled step rather than taken one per train step
+under a conditional: XLA:CPU runs convolutions inside a conditional as slowly as in a
+rolled loop, so `nets.when` computes both branches there, and the generator update that
+4 steps in 5 discarded cost 27% of every critic step (docs/defense_gan.md).
 
 Losses (WGAN-GP): critic  mean D(G(z)) - mean D(x) + lambda * GP,
 generator  -mean D(G(z)), z ~ N(0, I). GP = mean over examples of (||grad D(x_hat)||_2 - 1)^2
@@ -94,6 +97,10 @@ def validate(config) -> None:
         if len(c[key]) != 3 or min(c[key]) < 1:
             raise ConfigError(f"config.defense_gan.{key} holds three positive widths, "
                               f"got {c[key]!r}")
+    if config.batch_size % c.critic_steps:
+        raise ConfigError(f"config.batch_size={config.batch_size} holds the batches of "
+                          f"defense_gan.critic_steps={c.critic_steps} critic steps: make it "
+                          f"a multiple of {c.critic_steps}")
 
 
 def gradient_penalty(critic_fn, real, fake, alpha, *, norm: str = "image"):
@@ -110,7 +117,8 @@ def gradient_penalty(critic_fn, real, fake, alpha, *, norm: str = "image"):
 
 @struct.dataclass
 class DefenseGANState:
-    """step counts train steps (critic steps); generator.step its updates."""
+    """step counts train steps (generator iterations); critic.step and generator.step
+    each network's updates."""
 
     step: jax.Array
     generator: nets.NetState
@@ -177,7 +185,6 @@ def wgan_gp(config, channels: int) -> WGANGP:
 
 def defense_gan(config, num_classes: int, runs=None) -> Method:
     """The defense_gan Method (a WGAN-GP; trains no classifier)."""
-    every = config.defense_gan.critic_steps
 
     def init(rng, sample_x) -> DefenseGANState:
         if sample_x.shape[1:3] != (28, 28):
@@ -192,17 +199,16 @@ def defense_gan(config, num_classes: int, runs=None) -> Method:
                                                       gan.tx))
 
     def train_step(state: DefenseGANState, x, y, rng):
-        gan, n = wgan_gp(config, x.shape[-1]), x.shape[0]
-        critic_rng, generator_rng = jax.random.split(rng)
-        state, metrics = gan.critic_step(state, x, critic_rng)
-
-        def evaluate(s):
-            return {"generator_loss": gan.generator_loss(s.generator.params, s.critic.params,
-                                                         n, generator_rng)}
-
-        state, g_metrics = nets.when(state.step % every == every - 1,
-                                     lambda s: gan.generator_step(s, n, generator_rng),
-                                     evaluate, state)
+        gan, every = wgan_gp(config, x.shape[-1]), config.defense_gan.critic_steps
+        n = x.shape[0] // every
+        batches = x.reshape(n, every, *x.shape[1:])  # critic step i: rows i, i + every, ...
+        keys = jax.random.split(rng, every + 1)
+        critic_metrics = []
+        for i in range(every):
+            state, metrics = gan.critic_step(state, batches[:, i], keys[i])
+            critic_metrics.append(metrics)
+        state, g_metrics = gan.generator_step(state, n, keys[every])
+        metrics = jax.tree.map(lambda *values: jnp.mean(jnp.stack(values)), *critic_metrics)
         return state.replace(step=state.step + 1), {**metrics, **g_metrics}
 
     return Method(init=init, train_step=train_step, classifier=None,

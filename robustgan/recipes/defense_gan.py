@@ -6,10 +6,11 @@ baselines (MagNet, Adv. Tr.), and the CPU layouts of Tables 1-2 (black box), Tab
 
 `configs/<dataset>.py:defense_gan[,cpu]` is the GAN: the paper's batch 50, latent 128,
 Adam 1e-4 (0.5, 0.9), 5 critic steps per generator step, 200k generator iterations
-(1M train steps here: each step is one critic step, methods/defense_gan.py); ',cpu' trains
-CPU_GAN_STEPS steps. `configs/<dataset>.py:standard,defense_gan,<a|b|c|d>[,cpu]` is a
-classifier: the paper gives no training settings, so these are the authors' code's
-(whitebox.py: Adam 1e-3, 10 epochs, the GAN config's batch 50); ',cpu' trains
+(train steps here: each is 5 critic steps on 5 batches of 50 and one generator step,
+methods/defense_gan.py); ',cpu' trains CPU_GAN_ITERATIONS of them.
+`configs/<dataset>.py:standard,defense_gan,<a|b|c|d>[,cpu]` is a classifier: the paper
+gives no training settings, so these are the authors' code's (whitebox.py: Adam 1e-3, 10
+epochs, the GAN config's batch 50); ',cpu' trains
 CPU_CLASSIFIER_STEPS steps. A classifier is defended by naming a GAN run in
 --config.front_end.run (and trained on reconstructions with --config.front_end.train=True);
 its config.defense_gan.projection holds L (steps) and R (restarts), default the tables'
@@ -60,10 +61,10 @@ TABLE4_ATTACKS = ("fgsm", "rand_fgsm", CW)
 ATHALYE_MSE = 0.005
 ATHALYE_L2 = f"athalye_l2=bpda(pgd(norm='l2', eps={math.sqrt(ATHALYE_MSE * 28 * 28):.4f}))"
 ADAPTIVE_ATTACKS = ("bpda(fgsm)", "bpda(pgd)", "eot(pgd, 4)", ATHALYE_L2)
-# The CPU layouts: GAN train steps (critic steps; 1,000 generator iterations), classifier
+# The CPU layouts: GAN generator iterations (train steps, each 5 critic steps), classifier
 # steps (one epoch), projection settings and test images (the paper: L=200, R=10, and the
 # whole test set).
-CPU_GAN_STEPS = 5_000
+CPU_GAN_ITERATIONS = 1_000
 CPU_CLASSIFIER_STEPS = TRAIN_SIZE["mnist"] // BATCH_SIZE
 CPU_PROJECTION = {"defense_gan.projection.steps": 10, "defense_gan.projection.restarts": 2}
 CPU_TABLE4_EXAMPLES = 100
@@ -136,10 +137,10 @@ def config(dataset: str, arg) -> ml_collections.ConfigDict:
     c = configlib.method_config(method, options, dataset)
     c.batch_size = BATCH_SIZE
     cpu = "cpu" in options
-    if method == "defense_gan":
-        c.num_train_steps = (CPU_GAN_STEPS if cpu
-                             else GENERATOR_ITERATIONS * c.defense_gan.critic_steps)
-        c.checkpoint_every = 1_000 if cpu else 10_000
+    if method == "defense_gan":  # a train step: critic_steps critic batches, one G step
+        c.batch_size = BATCH_SIZE * c.defense_gan.critic_steps
+        c.num_train_steps = CPU_GAN_ITERATIONS if cpu else GENERATOR_ITERATIONS
+        c.checkpoint_every = 200 if cpu else 2_000
     else:  # the reformer (MagNet's code) or a classifier (the authors' code): Adam 1e-3
         magnet = method == "magnet"
         c.batch_size = MAGNET_BATCH_SIZE if magnet else BATCH_SIZE
