@@ -6,7 +6,7 @@ test-time gradient policy 'none'.
 
     python benchmarks/defense_gan.py [--images 2] [--steps-timed 200] [--restarts-timed 10]
         [--reps 3] [--threads N] [--table13 [--steps 25,50] [--restarts 1,5]
-        [--images13 2] [--reps13 1]]
+        [--images13 2] [--reps13 1]] [--devices 1]
 
 In one process:
 1. a PyTorch eager twin of the generator holding the same weights must give the same
@@ -23,8 +23,9 @@ In one process:
    (Table 13's layout; the paper's L are 25 to 400 and R 1, 2, 5, 10, 20: the whole
    grid takes hours on a CPU), printed as a Markdown table beside the paper's TITAN X
    numbers.
-JAX runs as configured (ROBUSTGAN_CPU_DEVICES=1: one device, whose convolutions XLA:CPU
-runs on one thread); PyTorch on --threads threads, its OpenMP threads waiting passively
+JAX runs on --devices devices (default 1, whose convolutions XLA:CPU runs on one thread;
+`--devices 2` with ROBUSTGAN_CPU_DEVICES=2 splits the images over the 2 cores as the
+library's evaluation does); PyTorch on --threads threads, its OpenMP threads waiting passively
 (OMP_WAIT_POLICY=PASSIVE unless set: spinning threads collapse under background load).
 """
 # ruff: noqa: E402  (OMP_WAIT_POLICY must be set before torch loads)
@@ -46,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from robustgan import config as configlib
+from robustgan import parallel
 from robustgan.attacks import projection
 from robustgan.methods import defense_gan
 
@@ -84,13 +86,16 @@ def generator_and_front_end(seed: int = 0):
     return {"params": params}, front_end
 
 
-def jax_projector(front_end, variables, x, rng, *, steps: int, restarts: int):
+def jax_projector(front_end, variables, x, rng, *, steps: int, restarts: int, mesh):
     """() -> project()'s Projection of x at L=steps, R=restarts (the front end's other
-    settings), jitted, waited for."""
+    settings), jitted, waited for; the images split over the mesh's devices."""
     settings = {f.name: getattr(front_end, f.name) for f in dataclasses.fields(front_end)
                 if f.name != "generate"}
     settings.update(steps=steps, restarts=restarts)
-    x = jnp.asarray(x)
+    if len(x) % mesh.devices.size:
+        raise SystemExit(f"{len(x)} images do not split over {mesh.devices.size} devices")
+    x = jax.device_put(jnp.asarray(x), parallel.batch_sharded(mesh))
+    variables = parallel.replicate(variables, mesh)
     return lambda: jax.block_until_ready(
         projection.project(front_end.generate, variables, x, rng, **settings))
 
@@ -175,7 +180,7 @@ def interleaved_median(runs: dict, reps: int) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def table13(front_end, variables, args):
+def table13(front_end, variables, args, mesh):
     """Prints JAX's seconds per image at each (L, R) beside the paper's Table 13."""
     steps_list = [int(s) for s in args.steps.split(",")]
     restarts_list = [int(r) for r in args.restarts.split(",")]
@@ -189,7 +194,7 @@ def table13(front_end, variables, args):
         cells = []
         for steps in steps_list:
             run = jax_projector(front_end, variables, x, jax.random.key(2), steps=steps,
-                                restarts=restarts)
+                                restarts=restarts, mesh=mesh)
             run()
             seconds = interleaved_median({"jax": run}, args.reps13)["jax"] / args.images13
             paper = PAPER_TABLE13.get(restarts, {}).get(steps)
@@ -209,9 +214,12 @@ def main():
     parser.add_argument("--restarts", default="1,5,10,20", help="Table 13's R values")
     parser.add_argument("--images13", type=int, default=2, help="images per Table 13 run")
     parser.add_argument("--reps13", type=int, default=1, help="Table 13 repeats (median)")
+    parser.add_argument("--devices", type=int, default=1,
+                        help="JAX devices the images are split over (0: all)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"jax {jax.__version__} on {jax.device_count()} x {jax.devices()[0].device_kind}; "
+    mesh = parallel.make_mesh(args.devices or None)
+    print(f"jax {jax.__version__} on {mesh.devices.size} x {jax.devices()[0].device_kind}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
 
     variables, front_end = generator_and_front_end()
@@ -224,7 +232,8 @@ def main():
     n, steps, restarts = args.images, args.steps_timed, args.restarts_timed
     x = rng.uniform(0, 1, (n, 28, 28, 1)).astype(np.float32)
     key = jax.random.key(1)
-    jax_run = jax_projector(front_end, variables, x, key, steps=steps, restarts=restarts)
+    jax_run = jax_projector(front_end, variables, x, key, steps=steps, restarts=restarts,
+                            mesh=mesh)
     x_t = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
     z0 = torch.from_numpy(initial_z(front_end, key, n, restarts))
 
@@ -253,7 +262,7 @@ def main():
           f"{n / seconds['torch']:.3f}; JAX / PyTorch speed = "
           f"{seconds['torch'] / seconds['jax']:.2f}x (target 1.5x)", flush=True)
     if args.table13:
-        table13(front_end, variables, args)
+        table13(front_end, variables, args, mesh)
 
 
 if __name__ == "__main__":
