@@ -290,11 +290,6 @@ def test_a_train_step_is_critic_steps_on_interleaved_rows_then_a_generator_step(
     np.testing.assert_allclose(metrics["critic_loss"], critic_loss, rtol=1e-5)
 
 
-def test_a_batch_that_does_not_split_into_the_critic_steps_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match="multiple of 2"):
-        configlib.validate(tiny_config(tmp_path, "defense_gan", **{**TINY, "batch_size": 15}))
-
-
 def test_table6_networks_have_the_papers_shapes_and_the_data_range():
     z = jax.random.normal(jax.random.key(15), (3, wgan.LATENT_DIM))
     images = jax.ShapeDtypeStruct((3, 28, 28, 1), jnp.float32)

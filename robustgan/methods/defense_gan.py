@@ -5,8 +5,8 @@ it defends are other runs, put behind the projection by `defended_classifier`.
 
 Schedule: one train step is one of the authors' generator iterations: `critic_steps`
 critic steps, the i-th on rows i, i + critic_steps, ... of the batch (so
-config.batch_size is critic_steps x the critic's batch), then one generator step of the
-critic's batch size. `num_train_steps` counts generator iterations (the paper's 200k).
+config.batch_size is critic_steps x the critic's batch; a remainder goes unused), then
+one generator step of the critic's batch size. `num_train_steps` counts generator iterations (the paper's 200k).
 The critic steps are unrolled in the compiled step rather than taken one per train step
 under a conditional: XLA:CPU runs convolutions inside a conditional as slowly as in a
 rolled loop, so `nets.when` computes both branches there, and the generator update that
@@ -97,10 +97,6 @@ def validate(config) -> None:
         if len(c[key]) != 3 or min(c[key]) < 1:
             raise ConfigError(f"config.defense_gan.{key} holds three positive widths, "
                               f"got {c[key]!r}")
-    if config.batch_size % c.critic_steps:
-        raise ConfigError(f"config.batch_size={config.batch_size} holds the batches of "
-                          f"defense_gan.critic_steps={c.critic_steps} critic steps: make it "
-                          f"a multiple of {c.critic_steps}")
 
 
 def gradient_penalty(critic_fn, real, fake, alpha, *, norm: str = "image"):
@@ -200,8 +196,8 @@ def defense_gan(config, num_classes: int, runs=None) -> Method:
 
     def train_step(state: DefenseGANState, x, y, rng):
         gan, every = wgan_gp(config, x.shape[-1]), config.defense_gan.critic_steps
-        n = x.shape[0] // every
-        batches = x.reshape(n, every, *x.shape[1:])  # critic step i: rows i, i + every, ...
+        n = x.shape[0] // every  # the last batch_size % critic_steps rows go unused
+        batches = x[: n * every].reshape(n, every, *x.shape[1:])  # step i: rows i, i + every, ...
         keys = jax.random.split(rng, every + 1)
         critic_metrics = []
         for i in range(every):
