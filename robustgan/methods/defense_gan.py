@@ -6,7 +6,8 @@ it defends are other runs, put behind the projection by `defended_classifier`.
 Schedule: one train step is one of the authors' generator iterations: `critic_steps`
 critic steps, the i-th on rows i, i + critic_steps, ... of the batch (so
 config.batch_size is critic_steps x the critic's batch; a remainder goes unused), then
-one generator step of the critic's batch size. `num_train_steps` counts generator iterations (the paper's 200k).
+one generator step of the critic's batch size. `num_train_steps` counts generator
+iterations (the paper's 200k).
 The critic steps are unrolled in the compiled step rather than taken one per train step
 under a conditional: XLA:CPU runs convolutions inside a conditional as slowly as in a
 rolled loop, so `nets.when` computes both branches there, and the generator update that
