@@ -182,6 +182,11 @@ def wgan_gp(config, channels: int) -> WGANGP:
 
 def defense_gan(config, num_classes: int, runs=None) -> Method:
     """The defense_gan Method (a WGAN-GP; trains no classifier)."""
+    every = config.defense_gan.critic_steps
+    if config.batch_size % every:  # said, not silent: these rows never train the critic
+        print(f"defense_gan: config.batch_size={config.batch_size} is not a multiple of "
+              f"defense_gan.critic_steps={every}; the last {config.batch_size % every} rows "
+              f"of each batch go unused", flush=True)
 
     def init(rng, sample_x) -> DefenseGANState:
         if sample_x.shape[1:3] != (28, 28):
@@ -196,7 +201,7 @@ def defense_gan(config, num_classes: int, runs=None) -> Method:
                                                       gan.tx))
 
     def train_step(state: DefenseGANState, x, y, rng):
-        gan, every = wgan_gp(config, x.shape[-1]), config.defense_gan.critic_steps
+        gan = wgan_gp(config, x.shape[-1])
         n = x.shape[0] // every  # the last batch_size % critic_steps rows go unused
         batches = x[: n * every].reshape(n, every, *x.shape[1:])  # step i: rows i, i + every, ...
         keys = jax.random.split(rng, every + 1)
