@@ -20,6 +20,7 @@ import re
 import ml_collections
 
 from robustgan import methods, optim
+from robustgan.attacks import common as attack_common
 from robustgan.checks import check_at_least, check_choice, check_range
 from robustgan.data import default_source
 from robustgan.errors import ConfigError
@@ -85,6 +86,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train_attack.step_size = 0.075
     c.train_attack.steps = 10
     c.train_attack.random_start = True
+    # The loss PGD ascends (attacks/common.LOSSES): 'margin' is the C&W loss under the
+    # L-inf bound (Jang et al. Table 2's C&W100 defense).
+    c.train_attack.loss = "ce"
     # eps grows linearly from 0 to eps over the first eps_ramp_steps (0: no ramp).
     c.train_attack.eps_ramp_steps = 0
     # FracAT (Wang et al., ATGAN): the fraction of each batch replaced by adversarial images.
@@ -172,6 +176,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     spec = methods.spec(config.method)
     check_choice("data.source", config.data.source, DATA_SOURCES)
     optim.check_optimizer_config("optimizer", config.optimizer)
+    check_choice("train_attack.loss", config.train_attack.loss, attack_common.LOSSES)
     check_choice("train_attack.batch_norm", config.train_attack.batch_norm, BATCH_NORM_MODES)
     check_choice("eval.batch_norm", config.eval.batch_norm, BATCH_NORM_MODES)
     check_choice("eval.split", config.eval.split, ("test", "validation"))

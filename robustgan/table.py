@@ -95,14 +95,19 @@ def run_table(config, workdir: str, output: str = "table") -> dict:
     surrogates = [name for name, *_ in table.surrogates]
     sources = {name: trained[name][1] for name in surrogates}
     mesh = parallel.make_mesh()
-    results = {}
+    results, transfer_generators = {}, {}
     for name in evaluated:
         run_config, classifier = trained[name]
         cols = protocol.white_box_columns(run_config.eval, table.attacks)
         cols |= protocol.transfer_columns(run_config.eval, table.attacks, surrogates)
         print(f"[table] evaluating {name}", flush=True)
+        trained_cols = protocol.train_generator_columns(
+            cols, classifier, dataset, value_range=run_config.data.value_range,
+            rng=protocol.generator_keys(run_config), mesh=mesh, sources=sources,
+            run_dirs=run_dirs, trained=transfer_generators, progress=config.progress_bar)
         results[name] = protocol.accuracy_under_attacks(
-            classifier, x, y, cols, sources=sources, batch_size=run_config.eval.batch_size,
+            classifier, x, y, trained_cols, sources=sources,
+            batch_size=run_config.eval.batch_size,
             value_range=run_config.data.value_range, mesh=mesh,
             rng=jax.random.key(run_config.seed + 2), progress=config.progress_bar,
         )

@@ -17,6 +17,7 @@ from robustgan.attacks.common import cross_entropy
 from robustgan.classifier import Classifier
 from robustgan.errors import ConfigError
 from robustgan.evaluate import protocol
+from robustgan.evaluate.columns import GeneratorColumn
 from robustgan.methods.l2l_da import ABLATIONS
 from robustgan.recipes import l2l_da as recipe
 from robustgan.studies import l2l_da_recursion
@@ -72,20 +73,42 @@ def test_every_layout_validates_with_equal_classifier_budgets(arg):
 def test_table2_columns_and_the_papers_numbers_line_up():
     config = configlib.load_config_file(f"{MNIST}:l2l_da_table2_cpu")
     assert [name for name, *_ in config.table.rows] == [
-        "Plain", "PGD10", recipe.EQUAL_TIME_ROW, "L2L*", "L2L-DA (full)"]
+        "Plain", "PGD10", recipe.EQUAL_TIME_ROW, "PGD100", "C&W100", "L2L*", "L2L-DA (full)"]
     cols = columns(config)
-    assert cols == ["clean", "fgsm", "pgd10", "pgd100", "cw100", "apgd_ce", "apgd_dlr", "min"]
+    assert cols == ["clean", "fgsm", "pgd10", "pgd100", "cw100", "cw1000", "advgan", "gap",
+                    "l2l_da", "apgd_ce", "apgd_dlr", "min"]
     paper = dict(config.table.paper)
+    assert set(paper) == {name for name, *_ in config.table.rows} - {recipe.EQUAL_TIME_ROW}
     full = dict(zip(cols, paper["L2L-DA (full)"], strict=False))
     assert full == {"clean": 98.47, "fgsm": 97.87, "pgd10": 95.70, "pgd100": 95.15,
-                    "cw100": 97.26}
-    assert dict(zip(cols, paper["L2L*"], strict=False))["pgd10"] == 0.18
+                    "cw100": 97.26, "cw1000": 95.26, "advgan": 95.72, "gap": 96.92,
+                    "l2l_da": 94.61}
+    assert dict(zip(cols, paper["C&W100"], strict=False))["l2l_da"] == 34.51
     configs = run_configs(config)
     pgd10 = configs["PGD10"].train_attack
-    assert (pgd10.steps, pgd10.step_size, pgd10.random_start) == (10, 0.075, True)
+    assert (pgd10.steps, pgd10.step_size, pgd10.random_start, pgd10.loss) == (
+        10, 0.075, True, "ce")
+    assert (configs["PGD100"].train_attack.steps, configs["PGD100"].train_attack.loss) == (
+        100, "ce")
+    assert (configs["C&W100"].train_attack.steps, configs["C&W100"].train_attack.loss) == (
+        100, "margin")
     assert configs["L2L*"].method == "l2l" and configs["L2L-DA (full)"].l2l_da.steps == 10
+    # The generator columns: AdvGAN and GAP from scratch, the L2L-DA attack from the
+    # L2L-DA (full) row's generator, each for its CPU steps.
+    e = configs["PGD10"].eval
+    generators = {label: c.attack for label, c in
+                  protocol.white_box_columns(e, config.table.attacks).items()
+                  if isinstance(c.attack, GeneratorColumn)}
+    assert {label: dict(g.settings) for label, g in generators.items()} == {
+        "advgan": {"eps": 0.3, "num_steps": recipe.CPU_ADVGAN_STEPS},
+        "gap": {"eps": 0.3, "num_steps": recipe.CPU_GAP_STEPS},
+        "l2l_da": {"eps": 0.3, "num_steps": recipe.CPU_L2L_DA_ATTACK_STEPS,
+                   "samples": recipe.L2L_DA_ATTACK_SAMPLES, "start": "L2L-DA (full)"}}
     assert not configlib.load_config_file(
         os.path.join(ROOT, "configs", "fashion_mnist.py:l2l_da_table2_cpu")).table.paper
+    outputs = {configlib.load_config_file(f"{MNIST}:{arg}").table.output
+               for arg in LAYOUTS[:3]}
+    assert len(outputs) == 3  # one workdir holds every layout's outputs
 
 
 def test_ablation_rows_are_table1s_overrides():
@@ -113,14 +136,15 @@ def test_ablation_rows_are_table1s_overrides():
 def test_table3_transfers_from_plain_fgsm_and_pgd_surrogates():
     config = configlib.load_config_file(f"{MNIST}:l2l_da_table3_cpu")
     configs = run_configs(config)
-    assert [name for name, *_ in config.table.rows] == ["Plain", "PGD10", "L2L-DA (full)"]
+    assert [name for name, *_ in config.table.rows] == [
+        "Plain", "PGD10", "PGD100", "C&W100", "L2L*", "L2L-DA (full)"]
     fgsm, pgd = configs["B"].train_attack, configs["C"].train_attack
     # FGSM training: one step of the whole eps from x (Eq. 2).
     assert (fgsm.steps, fgsm.step_size, fgsm.random_start) == (1, 0.3, False)
     assert (pgd.steps, pgd.step_size, pgd.random_start) == (10, 0.075, True)
     assert {configs[s].seed for s in "ABC"} == {1}
-    assert columns(config) == ["clean", "pgd10", "pgd100", "pgd10(A)", "pgd100(A)",
-                               "pgd10(B)", "pgd100(B)", "pgd10(C)", "pgd100(C)", "min"]
+    assert columns(config) == ["clean", "l2l_da", "pgd10", "pgd100"] + [
+        f"{attack}({s})" for s in "ABC" for attack in ("l2l_da", "pgd10", "pgd100")] + ["min"]
 
 
 def test_baselines_take_the_papers_setting_and_other_methods_are_refused():
@@ -186,11 +210,43 @@ _TINY_CONFIG = """
 """
 
 
-def test_figure2_study_writes_max_and_std_per_step(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_workdir(tmp_path_factory):
+    """(config file, workdir) of tiny runs that the Table 2 and Figure 2 tests share."""
+    tmp_path = tmp_path_factory.mktemp("l2l_da_tiny")
     npz = write_tiny_npz(tmp_path / "tiny.npz", num_train=64, num_test=16)
     config_file = tmp_path / "tiny_config.py"
     config_file.write_text(textwrap.dedent(_TINY_CONFIG.format(npz=npz)))
-    config = recipe.figure2_config("mnist", str(config_file), steps=2, clean_steps=2,
+    return str(config_file), tmp_path
+
+
+def test_table2_generator_columns_end_to_end(tiny_workdir):
+    """AdvGAN, GAP and the L2L-DA attack (from the L2L-DA (full) row's trained generator)
+    trained against each row's classifier, then scored with the other columns."""
+    config_file, workdir = tiny_workdir
+    config = recipe.table2_config("mnist", config_file, steps=2, clean_steps=2, examples=8,
+                                  advgan_steps=1, gap_steps=1, l2l_da_steps=1, samples=2)
+    keep = ("Plain", "L2L-DA (full)")  # two of Figure 2's rows, trained once for both
+    generators = recipe.generator_columns(advgan_steps=1, gap_steps=1, l2l_da_steps=1,
+                                          samples=2)
+    with config.unlocked():
+        config.table.rows = [row for row in config.table.rows if row[0] in keep]
+        config.table.attacks = ("fgsm", *[spec for spec in config.table.attacks
+                                          if spec in generators.values()])
+        config.progress_bar = False
+    with jax.default_prng_impl("rbg"):
+        results = table.run_table(config, str(workdir), output=config.table.output)
+    assert list(results) == list(keep)
+    for row in results.values():
+        assert list(row) == ["clean", "fgsm", "advgan", "gap", "l2l_da", "min", "num_examples"]
+        assert row["min"] <= min(row[c] for c in ("fgsm", "advgan", "gap", "l2l_da"))
+    with open(workdir / "l2l_da_table2.json") as f:
+        assert json.load(f)["columns"][2:5] == ["advgan", "gap", "l2l_da"]
+
+
+def test_figure2_study_writes_max_and_std_per_step(tiny_workdir):
+    config_file, tmp_path = tiny_workdir
+    config = recipe.figure2_config("mnist", config_file, steps=2, clean_steps=2,
                                    examples=8, recursion_steps=3, samples=3)
     with config.unlocked():
         config.study.pgd_random_start, config.study.batch_size = False, 8

@@ -2,14 +2,20 @@
 and the BPDA/EOT wrappers that adapt a Classifier for them.
 
 `ATTACKS` names every attack for configs; `make_attack(name, **settings)` binds settings.
+`GENERATOR_ATTACKS` names the attacks that are generators trained against the classifier
+they attack before they run: `train(classifier, x, y, rng, *, eps, num_steps, ...)` on
+training images returns the attack.
 """
 
 import functools
 import inspect
 
 from robustgan.attacks.adaptive import bpda, eot, with_front_end
+from robustgan.attacks.advgan import train_advgan
 from robustgan.attacks.autopgd import apgd
+from robustgan.attacks.gap import train_gap
 from robustgan.attacks.gradient import fgsm, fgsm_predicted, ll_fgs, pgd, rand_fgsm
+from robustgan.attacks.l2l_da_attack import finetune_l2l_da
 from robustgan.attacks.minimal import cw_l2, deepfool, deepfool_perturbation
 from robustgan.attacks.sampling import random_search
 
@@ -24,6 +30,14 @@ ATTACKS = {
     "apgd_ce": functools.partial(apgd, loss="ce"),
     "apgd_dlr": functools.partial(apgd, loss="dlr"),
     "random_search": random_search,
+}
+
+# AdvGAN, GAP and the L2L-DA attack (a trained L2L-DA generator fine-tuned: its `module` and
+# `variables` come from the run it starts from), Jang et al. Table 2.
+GENERATOR_ATTACKS = {
+    "advgan": train_advgan,
+    "gap": train_gap,
+    "l2l_da_attack": finetune_l2l_da,
 }
 
 
@@ -46,6 +60,7 @@ def make_attack(name: str, **settings):
 
 __all__ = [
     "ATTACKS",
+    "GENERATOR_ATTACKS",
     "apgd",
     "bpda",
     "cw_l2",
@@ -54,11 +69,14 @@ __all__ = [
     "eot",
     "fgsm",
     "fgsm_predicted",
+    "finetune_l2l_da",
     "ll_fgs",
     "make_attack",
     "pgd",
     "rand_fgsm",
     "random_search",
     "settings",
+    "train_advgan",
+    "train_gap",
     "with_front_end",
 ]

@@ -1,7 +1,7 @@
 """The training loop of a generator attack against a fixed classifier: minibatches drawn
 uniformly with replacement from arrays, one jitted step each, an optional progress bar.
-AdvGAN (attacks/advgan.py) and the L2L-DA attack's fine-tuning (attacks/l2l_da_attack.py)
-run their steps through it."""
+Wang & Yu's generator attacks and GAP (attacks/generator.py), AdvGAN (attacks/advgan.py) and
+the L2L-DA attack's fine-tuning (attacks/l2l_da_attack.py) run their steps through it."""
 
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ def fit(step, carry, classifier: Classifier, x, y, rng, *, num_steps: int, batch
             xb, yb = lax.with_sharding_constraint((xb, yb), parallel.batch_sharded(mesh))
         return step(carry, classifier, xb, yb, step_rng)
 
+    if mesh is not None:  # restored arrays sit on one device; the batches span the mesh
+        carry, classifier, x, y = parallel.replicate((carry, classifier, x, y), mesh)
     for i in tqdm(range(num_steps), disable=not progress, unit="step", desc=desc):
         carry = batch_step(carry, classifier, x, y, jax.random.fold_in(rng, i))
     return carry

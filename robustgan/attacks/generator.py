@@ -16,10 +16,10 @@ import jax
 import optax
 from flax import struct
 from jax import lax
-from tqdm import tqdm
 
-from robustgan import game, optim, parallel
+from robustgan import game, optim
 from robustgan.attacks import common
+from robustgan.attacks.fitting import fit
 from robustgan.classifier import Classifier
 
 
@@ -87,31 +87,15 @@ def train_generator_attack(
     variables = generator.init({"params": init_rng, "noise": noise_rng}, x[:1], y[:1], train=False)
     phi, stats = variables["params"], variables.get("batch_stats", {})
 
-    @jax.jit
-    def step(classifier, phi, opt_state, stats, x, y, key):
-        batch_rng, game_rng = jax.random.split(key)
-        index = jax.random.randint(batch_rng, (batch_size,), 0, x.shape[0])
-        xb, yb = x[index], y[index]
-        if mesh is not None:
-            xb, yb = lax.with_sharding_constraint((xb, yb), parallel.batch_sharded(mesh))
+    def step(carry, classifier, x, y, key):
+        phi, opt_state, stats = carry
         phi, opt_state, stats, _ = game.ascend_generator(
-            players,
-            optimizer,
-            classifier,
-            phi,
-            opt_state,
-            ({}, stats),
-            xb,
-            yb,
-            game_rng,
-            steps=steps_per_batch,
-            unroll=unroll or common.default_unroll(steps_per_batch),
-        )
+            players, optimizer, classifier, phi, opt_state, ({}, stats), x, y, key,
+            steps=steps_per_batch, unroll=unroll or common.default_unroll(steps_per_batch))
         return phi, opt_state, stats
 
-    opt_state = optimizer.init(phi)
-    for i in tqdm(range(num_steps), disable=not progress, unit="step", desc="generator"):
-        key = jax.random.fold_in(rng, i)
-        phi, opt_state, stats = step(classifier, phi, opt_state, stats, x, y, key)
+    phi, _, stats = fit(step, (phi, optimizer.init(phi), stats), classifier, x, y, rng,
+                        num_steps=num_steps, batch_size=batch_size, mesh=mesh,
+                        progress=progress, desc="generator")
     variables = {"params": phi, "batch_stats": stats} if stats else {"params": phi}
     return GeneratorAttack(generator, variables, eps)

@@ -8,7 +8,13 @@ A spec is `[label=]expr`, expr one of
   - a wrapper around another expr: `bpda(pgd)` (the attack sees the classifier's
     front-end through BPDA's identity backward pass, Athalye et al. Sec. 4.1), or
     `eot(pgd, 10)` (the attack's loss averaged over 10 draws of the classifier's
-    randomness, Sec. 4.3).
+    randomness, Sec. 4.3);
+  - a generator column (`attacks.GENERATOR_ATTACKS`): `advgan(num_steps=200)`,
+    `gap(num_steps=200)`, `l2l_da_attack(start="L2L-DA (full)", num_steps=20)`, a
+    generator trained against the classifier it attacks (Jang et al. Table 2: "each
+    fine-tuned to its corresponding classifier") on the training split before the column
+    runs (`protocol.train_generator_columns`); `start` names the finished run (a run
+    directory, or in a table a row name) whose trained generator it starts from.
 The label (default: the spec as written) names the column. Every column is scored on
 the evaluated classifier itself: a wrapper changes what the attacker sees, never what is
 judged.
@@ -40,7 +46,35 @@ _LABEL = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_\-]*)\s*=\s*(.+)$")
 
 def names() -> tuple[str, ...]:
     """Every attack name a spec may use (wrappers aside)."""
-    return (*attacks.ATTACKS, *VARIANTS)
+    return (*attacks.ATTACKS, *VARIANTS, *attacks.GENERATOR_ATTACKS)
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorColumn:
+    """A column whose attack is `attacks.GENERATOR_ATTACKS[name]` trained with `settings`
+    ((key, value) pairs; 'start': the run whose generator it starts from) before it runs."""
+
+    name: str
+    settings: tuple
+
+
+# A generator column's settings that are not the trainer's keywords, and the trainer's
+# keywords a spec does not set (the data and the run context, or what `start` gives).
+START = "start"
+_GENERATOR_CONTEXT = ("classifier", "x", "y", "rng", "mesh", "progress", "optimizer",
+                      "generator", "discriminator", "unroll")
+_FROM_START = ("module", "variables")
+
+
+def generator_settings(name: str) -> dict[str, inspect.Parameter]:
+    """The settings a spec may give the generator column `name`."""
+    parameters = inspect.signature(attacks.GENERATOR_ATTACKS[name]).parameters
+    out = {k: p for k, p in parameters.items() if k not in _GENERATOR_CONTEXT + _FROM_START}
+    if any(k in parameters for k in _FROM_START):  # a trained generator to start from
+        for k in _FROM_START:
+            out.pop(k, None)
+        out[START] = inspect.Parameter(START, inspect.Parameter.KEYWORD_ONLY)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,8 +97,9 @@ def label_and_expr(spec: str) -> tuple[str, str]:
     return spec.strip(), spec.strip()
 
 
-def parse(spec: str, eval_config) -> tuple[str, Callable]:
-    """(column label, attack function (classifier, x, y, rng) -> x_adv) for a spec."""
+def parse(spec: str, eval_config) -> tuple[str, Callable | GeneratorColumn]:
+    """(column label, attack function (classifier, x, y, rng) -> x_adv, or the
+    GeneratorColumn to train first) for a spec."""
     label, expr = label_and_expr(spec)
     try:
         tree = ast.parse(expr, mode="eval").body
@@ -102,6 +137,9 @@ def _wrapper(name, args, settings, spec: str, eval_config) -> Callable:
     if not args:
         raise ConfigError(f"attack spec {spec!r}: {name}(...) wraps an attack: {name}(pgd)")
     inner = _build(args[0], spec, eval_config)
+    if isinstance(inner, GeneratorColumn):
+        raise ConfigError(f"attack spec {spec!r}: {name} wraps a gradient attack; a "
+                          f"generator column trains against the classifier as it is")
     extra = [_literal(a, spec) for a in args[1:]]
     if name == "bpda":
         if extra or settings:
@@ -117,6 +155,8 @@ def _wrapper(name, args, settings, spec: str, eval_config) -> Callable:
 def attack(name: str, eval_config, *, spec: str | None = None, **settings) -> Callable:
     """The attack `name` with `settings`, the rest from eval_config (module docstring)."""
     spec = spec or name
+    if name in attacks.GENERATOR_ATTACKS:
+        return generator_column(name, eval_config, spec=spec, **settings)
     base, fixed = VARIANTS.get(name, (name, {}))
     if base not in attacks.ATTACKS:
         raise ConfigError(f"attack spec {spec!r}: unknown attack {name!r}; choose one of "
@@ -145,8 +185,25 @@ def attack(name: str, eval_config, *, spec: str | None = None, **settings) -> Ca
     return attacks.make_attack(base, **values)
 
 
-def white_box(eval_config, specs=None) -> dict[str, Callable]:
-    """{label: attack} for `specs` (default config.eval.attacks); labels must differ."""
+def generator_column(name: str, eval_config, *, spec: str, **settings) -> GeneratorColumn:
+    """The generator column `name` with `settings`; eps defaults to eval_config.eps."""
+    parameters = generator_settings(name)
+    unknown = sorted(set(settings) - set(parameters))
+    if unknown:
+        raise ConfigError(f"attack spec {spec!r}: {name} has no setting(s) {unknown}; it "
+                          f"takes {sorted(parameters)}")
+    settings.setdefault("eps", eval_config.eps)
+    missing = sorted(k for k, p in parameters.items()
+                     if p.default is inspect.Parameter.empty and k not in settings)
+    if missing:
+        raise ConfigError(f"attack spec {spec!r}: the generator column {name} needs the "
+                          f"setting(s) {missing}, e.g. {name}({missing[0]}=...)")
+    return GeneratorColumn(name, tuple(sorted(settings.items())))
+
+
+def white_box(eval_config, specs=None) -> dict[str, Callable | GeneratorColumn]:
+    """{label: attack or GeneratorColumn} for `specs` (default config.eval.attacks);
+    labels must differ."""
     specs = tuple(eval_config.attacks if specs is None else specs)
     out = {}
     for spec in specs:

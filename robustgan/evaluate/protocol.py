@@ -15,10 +15,11 @@ import time
 import jax
 import jax.numpy as jnp
 
-from robustgan import models
+from robustgan import attacks, data, methods, models, runs
 from robustgan.errors import ConfigError
 from robustgan.evaluate import blackbox, measures
 from robustgan.evaluate.batching import AttackFn, map_batches
+from robustgan.evaluate.columns import START, GeneratorColumn
 from robustgan.evaluate.columns import white_box as attacks_by_name
 
 
@@ -26,9 +27,10 @@ from robustgan.evaluate.columns import white_box as attacks_by_name
 class Column:
     """One evaluation column: images from `attack` (None: the clean images) crafted on the
     classifier named `source` (None: the evaluated classifier itself, i.e. white box;
-    otherwise a surrogate, i.e. black box by transfer)."""
+    otherwise a surrogate, i.e. black box by transfer). A GeneratorColumn is trained
+    against that classifier first (`train_generator_columns`)."""
 
-    attack: AttackFn | None = None
+    attack: AttackFn | GeneratorColumn | None = None
     source: str | None = None
 
 
@@ -60,6 +62,10 @@ def accuracy_under_attacks(
     missing = {c.source for c in columns.values() if c.source} - set(sources)
     if missing:
         raise ValueError(f"columns need surrogate classifiers {sorted(missing)}")
+    untrained = [name for name, c in columns.items() if isinstance(c.attack, GeneratorColumn)]
+    if untrained:
+        raise ValueError(f"generator columns {untrained} are not trained: "
+                         "train_generator_columns first")
 
     @jax.jit
     def correct(tree, xb, yb, key):
@@ -80,6 +86,57 @@ def accuracy_under_attacks(
         "num_examples": len(y)}
 
 
+def generator_start(start: str) -> dict:
+    """The keyword arguments a generator column takes from the finished run `start` (its
+    method's `MethodSpec.attack_generator`)."""
+    run = runs.load_run(start)
+    offer = methods.spec(run.config.method).attack_generator
+    if offer is None:
+        offering = sorted(n for n, s in methods.REGISTRY.items() if s.attack_generator)
+        raise ConfigError(f"generator column start={start!r} trained {run.config.method!r}, "
+                          f"which offers no generator to start from; name a run of {offering}")
+    return offer(run)
+
+
+def train_generator_columns(columns: dict[str, Column], classifier, dataset, *, value_range,
+                            rng, mesh=None, sources=None, run_dirs=None, trained=None,
+                            progress: bool = True) -> dict[str, Column]:
+    """`columns` with each GeneratorColumn replaced by its trained attack: trained on the
+    training split against the classifier the column is crafted on (the evaluated one,
+    or for a transfer column its surrogate in `sources`), one key of `rng` per column.
+    A column's `start` is a run directory, or a name in `run_dirs` (a table's rows).
+    trained: a dict that keeps the transfer columns' attacks, which do not depend on the
+    evaluated classifier, for the next call (a table's next row)."""
+    sources, run_dirs = sources or {}, run_dirs or {}
+    trained = {} if trained is None else trained
+    todo = {name: c for name, c in columns.items() if isinstance(c.attack, GeneratorColumn)}
+    if not todo:
+        return columns
+    x = jnp.asarray(data.scale(dataset.x_train, value_range))
+    y = jnp.asarray(dataset.y_train)
+    out = dict(columns)
+    for i, (name, column) in enumerate(columns.items()):
+        if name not in todo:
+            continue
+        if column.source is not None and (name, column) in trained:
+            out[name] = trained[name, column]
+            continue
+        settings = dict(column.attack.settings)
+        if START in settings:
+            start = settings.pop(START)
+            settings = generator_start(run_dirs.get(start, start)) | settings
+        crafter = classifier if column.source is None else sources[column.source]
+        print(f"[columns] training {name}: {column.attack.name}, {settings['num_steps']} "
+              f"steps against {column.source or 'the evaluated classifier'}", flush=True)
+        attack = attacks.GENERATOR_ATTACKS[column.attack.name](
+            crafter, x=x, y=y, rng=jax.random.fold_in(rng, i), mesh=mesh,
+            progress=progress, **settings)
+        out[name] = dataclasses.replace(column, attack=attack)
+        if column.source is not None:
+            trained[name, column] = out[name]
+    return out
+
+
 def eval_split(config, dataset):
     """(x, y) of the split config.eval names, cut to config.eval.num_examples if set."""
     e = config.eval
@@ -92,11 +149,20 @@ def eval_split(config, dataset):
 def evaluate(config, dataset, classifier, mesh) -> dict[str, float]:
     """White-box accuracy on the configured split: clean and config.eval.attacks."""
     x, y = eval_split(config, dataset)
+    columns = train_generator_columns(
+        white_box_columns(config.eval), classifier, dataset,
+        value_range=config.data.value_range, rng=generator_keys(config), mesh=mesh,
+        progress=config.progress_bar)
     return accuracy_under_attacks(
-        classifier, x, y, white_box_columns(config.eval), batch_size=config.eval.batch_size,
+        classifier, x, y, columns, batch_size=config.eval.batch_size,
         value_range=config.data.value_range, mesh=mesh,
         rng=jax.random.key(config.seed + 2), progress=config.progress_bar,
     )
+
+
+def generator_keys(config) -> jax.Array:
+    """The key generator columns are trained with (one fold per column)."""
+    return jax.random.key(config.seed + 4)
 
 
 def protocol_keys(config) -> jax.Array:

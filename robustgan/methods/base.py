@@ -76,6 +76,10 @@ class MethodSpec:
     front_end_keys: keys (or prefixes ending in '.') of the defended run's config that
       the front end reads: evaluation settings of that run, unless it trains on the
       front end's outputs (config.front_end.train).
+    attack_generator: (a finished run of this method, `runs.Run`) -> the keyword
+      arguments with which a generator column that starts from a trained generator (the
+      L2L-DA attack, Jang et al. Table 2) takes this run's: the module, its variables
+      and the settings it was trained with (None: this method offers none).
     """
 
     name: str
@@ -86,3 +90,4 @@ class MethodSpec:
     resumable: tuple[str, ...] = ()
     front_end: FrontEndBuilder | None = None
     front_end_keys: tuple[str, ...] = ()
+    attack_generator: Callable[[Any], dict] | None = None

@@ -234,6 +234,20 @@ def l2l_da(config, num_classes: int, runs=None, *, block: str = "l2l_da") -> Met
                   networks={"classifier": "d", "generator": "g"})
 
 
-L2L_DA = MethodSpec("l2l_da", build=l2l_da, defaults=defaults, validate=validate)
+def trained_generator(run) -> dict:
+    """The generator of a finished l2l_da or l2l run (`runs.Run`) as the L2L-DA attack's
+    start (attacks/l2l_da_attack.finetune_l2l_da): its U-Net, variables, and the
+    recursion it was trained in (T and eps_step / eps); one z draw if it takes no z."""
+    a = run.config[run.config.method]
+    g = run.network("generator")
+    return {"module": generator_module(a, run.config.data.num_classes),
+            "variables": {"params": g.params, "batch_stats": g.batch_stats},
+            "steps": a.steps, "step_fraction": a.step_fraction,
+            **({} if a.use_z else {"samples": 1})}
+
+
+L2L_DA = MethodSpec("l2l_da", build=l2l_da, defaults=defaults, validate=validate,
+                    attack_generator=trained_generator)
 L2L = MethodSpec("l2l", build=functools.partial(l2l_da, block="l2l"), defaults=l2l_defaults,
-                 validate=functools.partial(validate, block="l2l"))
+                 validate=functools.partial(validate, block="l2l"),
+                 attack_generator=trained_generator)

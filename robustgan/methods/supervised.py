@@ -39,7 +39,7 @@ def pgd_at(config, num_classes: int, runs=None) -> Method:
     s = supervised_net(config, num_classes)
     a = config.train_attack
     eps, step_size, steps, ramp = a.eps, a.step_size, a.steps, a.eps_ramp_steps
-    fraction, random_start, batch_norm = a.fraction, a.random_start, a.batch_norm
+    fraction, random_start, batch_norm, loss = a.fraction, a.random_start, a.batch_norm, a.loss
     unroll = a.unroll or None
 
     def train_step(state, x, y, rng):
@@ -49,7 +49,7 @@ def pgd_at(config, num_classes: int, runs=None) -> Method:
         x_adv = attacks.pgd(
             s.classifier(state, batch_norm), x[:num_adv], y[:num_adv], attack_rng,
             eps=eps * scale, step_size=step_size * scale, steps=steps,
-            random_start=random_start, unroll=unroll,
+            random_start=random_start, loss=loss, unroll=unroll,
         )
         x_train = x_adv if num_adv == x.shape[0] else x.at[:num_adv].set(x_adv)
         state, metrics = s.sgd_step(state, x_train, y, step_rng)

@@ -16,8 +16,9 @@ row's classifier (Sec. 5.1: weights pre-trained on the original data; the author
 trains CLEAN_START_STEPS clean steps first) and then takes the same CPU_STEPS classifier
 updates; the tables are evaluated on the first CPU_EXAMPLES test images. AdvGAN, GAP and
 the L2L-DA attack (Table 2's generator columns, attacks/advgan.py, gap.py,
-l2l_da_attack.py) train a generator per attacked model and are not evaluation columns, so
-the tables leave them out; 'Min' is the per-example worst case over the columns present.
+l2l_da_attack.py) are trained against each attacked classifier before they run, for
+CPU_*_STEPS steps; 'Min' is the per-example worst case over every column. The layouts
+write their outputs under their own names, so they share one workdir and its runs.
 """
 
 from __future__ import annotations
@@ -35,13 +36,11 @@ BASELINES = ("standard", "pgd_at")
 MNIST_LIKE = ("mnist", "fashion_mnist")
 ITERATIONS = 100_000
 MNIST_EPS = 0.3  # MNIST-like sets (CIFAR-10: 8/255)
+CW1000 = "cw1000=pgd(steps=1000, loss=\"margin\")"
 TABLE2_ATTACKS = ("fgsm", "pgd10=pgd(steps=10)", "pgd100=pgd(steps=100)",
                   "cw100=pgd(steps=100, loss=\"margin\")", "apgd_ce", "apgd_dlr")
 # Table 1's columns: FGSM, PGD100 and C&W1000 (the C&W margin loss under the L-inf bound).
-TABLE1_ATTACKS = ("fgsm", "pgd100=pgd(steps=100)", "cw1000=pgd(steps=1000, loss=\"margin\")")
-# Table 3's transfer columns: PGD10 and PGD100 crafted on each surrogate.
-TABLE3_ATTACKS = TABLE2_ATTACKS[1:3]
-
+TABLE1_ATTACKS = ("fgsm", "pgd100=pgd(steps=100)", CW1000)
 # The CPU layouts. l2l_da's train step (T = 10, the width-64 U-Net, batch 100, two z
 # samples) took 50 s on this 2-core CPU with the U-Net's 'columns' transposed
 # convolutions (ROBUSTGAN_CPU_DEVICES=1, load average 5 from two other jobs; 158 s before
@@ -55,6 +54,14 @@ CPU_STEPS = 100
 # time)' takes this many times CPU_STEPS updates.
 L2L_DA_OVER_PGD10_STEP_TIME = 95
 EQUAL_TIME_ROW = "PGD10 (equal time)"
+# Table 2's generator columns ("each fine-tuned to its corresponding classifier"), trained
+# on the training split against each row's classifier (evaluate/columns.py): AdvGAN and
+# GAP from scratch, the L2L-DA attack from the L2L-DA (full) row's generator (the authors'
+# code fine-tunes 48k steps, then 10 z samples x 10 steps). Their training steps on CPU.
+CPU_ADVGAN_STEPS = 500
+CPU_GAP_STEPS = 200
+CPU_L2L_DA_ATTACK_STEPS = 10
+L2L_DA_ATTACK_SAMPLES = 10
 CLEAN_START_STEPS = 1_000  # the Plain row, every other row's start (the authors' warm-up)
 CPU_EXAMPLES = 1_000
 # Figure 2's statistics took 22 s per 20 images on one classifier (the width-64 U-Net, 10 z
@@ -62,14 +69,16 @@ CPU_EXAMPLES = 1_000
 FIGURE2_EXAMPLES = 500
 START_ROW = "Plain"
 
-# The paper's MNIST numbers (%), in our columns' order (Natural first). Table 2: Natural,
-# FGSM, PGD10, PGD100, C&W100 (its C&W1000, AdvGAN, GAP, L2L-DA and Min columns have no
-# counterpart here).
+# The paper's MNIST numbers (%), in our columns' order (table2_attacks): Natural, FGSM,
+# PGD10, PGD100, C&W100, C&W1000, AdvGAN, GAP, L2L-DA (its Min is left out: our APGD
+# columns come before ours).
 PAPER_TABLE2_MNIST = {
-    "Plain": (99.14, 0.90, 0.00, 0.00, 63.14),
-    "PGD10": (98.52, 96.14, 92.21, 90.22, 96.66),
-    "L2L*": (98.95, 36.59, 0.18, 0.02, 81.63),
-    "L2L-DA (full)": (98.47, 97.87, 95.70, 95.15, 97.26),
+    "Plain": (99.14, 0.90, 0.00, 0.00, 63.14, 0.85, 0.47, 3.94, 0.00),
+    "PGD10": (98.52, 96.14, 92.21, 90.22, 96.66, 88.92, 98.30, 96.56, 89.49),
+    "PGD100": (98.29, 94.07, 90.15, 88.93, 96.48, 89.76, 95.00, 96.79, 89.95),
+    "C&W100": (99.09, 17.54, 0.25, 0.25, 69.99, 0.05, 4.90, 3.74, 34.51),
+    "L2L*": (98.95, 36.59, 0.18, 0.02, 81.63, 2.46, 10.87, 2.01, 3.89),
+    "L2L-DA (full)": (98.47, 97.87, 95.70, 95.15, 97.26, 95.26, 95.72, 96.92, 94.61),
 }
 # Table 1 (a) and (b): Natural, FGSM, PGD100, C&W1000, Min (the paper's Min is its lowest
 # column; ours the per-example worst case, at most that). (b)'s first row (delta O, y O)
@@ -87,6 +96,27 @@ PAPER_TABLE1_MNIST = {
 # FGSM adversarial training as pgd_at: one step of the whole eps from x (Eq. 2).
 FGSM_TRAINING = {"train_attack.steps": 1, "train_attack.step_size": MNIST_EPS,
                  "train_attack.random_start": False}
+# Table 2's PGD100 and C&W100 defenses: pgd_at with 100 steps of eps/4, the C&W margin loss.
+PGD100_TRAINING = {"train_attack.steps": 100}
+CW100_TRAINING = {"train_attack.steps": 100, "train_attack.loss": "margin"}
+FULL_ROW = "L2L-DA (full)"
+
+
+def generator_columns(*, advgan_steps: int = CPU_ADVGAN_STEPS, gap_steps: int = CPU_GAP_STEPS,
+                      l2l_da_steps: int = CPU_L2L_DA_ATTACK_STEPS,
+                      samples: int = L2L_DA_ATTACK_SAMPLES) -> dict[str, str]:
+    """Table 2's AdvGAN, GAP and L2L-DA columns (the last starts from FULL_ROW's generator)."""
+    return {"advgan": f"advgan=advgan(num_steps={advgan_steps})",
+            "gap": f"gap=gap(num_steps={gap_steps})",
+            "l2l_da": f"l2l_da=l2l_da_attack(start={FULL_ROW!r}, num_steps={l2l_da_steps}, "
+                      f"samples={samples})"}
+
+
+def table2_attacks(**generator_steps) -> tuple[str, ...]:
+    """Table 2's columns in the paper's order (FGSM, PGD10, PGD100, C&W100, C&W1000,
+    AdvGAN, GAP, L2L-DA), then APGD-CE and APGD-DLR."""
+    return (*TABLE2_ATTACKS[:4], CW1000, *generator_columns(**generator_steps).values(),
+            *TABLE2_ATTACKS[4:])
 
 
 def config(dataset: str, arg) -> ml_collections.ConfigDict:
@@ -130,36 +160,41 @@ def cpu_run(name: str, arg: str, seed: int = 0, *, steps: int = CPU_STEPS,
 
 def table2_rows(*, steps: int = CPU_STEPS, clean_steps: int = CLEAN_START_STEPS,
                 equal_time: bool = True) -> list:
-    """Table 2's Plain, PGD10, L2L* and L2L-DA (full) rows, and (equal_time) PGD10 given
-    L2L-DA's wall-clock budget (EQUAL_TIME_ROW)."""
+    """Table 2's rows: Plain, the PGD10, PGD100 and C&W100 defenses, L2L* and L2L-DA
+    (full), and (equal_time) PGD10 given L2L-DA's wall-clock budget (EQUAL_TIME_ROW)."""
     equal_time_row = cpu_run(EQUAL_TIME_ROW, "pgd_at,l2l_da",
                              steps=steps * L2L_DA_OVER_PGD10_STEP_TIME)
     return [start_row(clean_steps), cpu_run("PGD10", "pgd_at,l2l_da", steps=steps),
             *([equal_time_row] if equal_time else []),
-            cpu_run("L2L*", "l2l", steps=steps), cpu_run("L2L-DA (full)", "l2l_da", steps=steps)]
+            cpu_run("PGD100", "pgd_at,l2l_da", steps=steps, **PGD100_TRAINING),
+            cpu_run("C&W100", "pgd_at,l2l_da", steps=steps, **CW100_TRAINING),
+            cpu_run("L2L*", "l2l", steps=steps), cpu_run(FULL_ROW, "l2l_da", steps=steps)]
 
 
 def cpu_table(title: str, config_file: str, *, rows, surrogates=(), attacks, paper,
-              examples: int) -> ml_collections.ConfigDict:
-    """A table layout on the first `examples` test images."""
+              examples: int, output: str) -> ml_collections.ConfigDict:
+    """A table layout on the first `examples` test images, written as `output`.{md,json,png}
+    (the layouts share their runs in one workdir)."""
     c = configlib.table_config(title, config_file, rows=rows, surrogates=surrogates,
                                attacks=attacks, paper=paper)
     with c.unlocked():
         c.table.eval_num_examples = examples
+        c.table.output = output
     return c
 
 
 def table2_config(dataset: str, config_file: str, *, steps: int = CPU_STEPS,
-                  clean_steps: int = CLEAN_START_STEPS,
-                  examples: int = CPU_EXAMPLES) -> ml_collections.ConfigDict:
-    """Table 2's white-box layout: Plain, PGD10 (PGD-10 adversarial training) at equal
-    classifier updates and at equal wall time, L2L* and L2L-DA (full), Table 2's columns
-    (TABLE2_ATTACKS) and Min."""
+                  clean_steps: int = CLEAN_START_STEPS, examples: int = CPU_EXAMPLES,
+                  **generator_steps) -> ml_collections.ConfigDict:
+    """Table 2's white-box layout: table2_rows (PGD10 at equal classifier updates and at
+    equal wall time), table2_attacks (generator_steps: generator_columns') and Min."""
     return cpu_table(
         f"Jang et al. Table 2 layout: {dataset}, white box, eps 0.3 ({steps} classifier "
         f"updates per row after {clean_steps} clean ones)", config_file,
-        rows=table2_rows(steps=steps, clean_steps=clean_steps), attacks=TABLE2_ATTACKS,
-        paper=PAPER_TABLE2_MNIST if dataset == "mnist" else None, examples=examples)
+        rows=table2_rows(steps=steps, clean_steps=clean_steps),
+        attacks=table2_attacks(**generator_steps),
+        paper=PAPER_TABLE2_MNIST if dataset == "mnist" else None, examples=examples,
+        output="l2l_da_table2")
 
 
 def ablation_rows(*, steps: int = CPU_STEPS, clean_steps: int = CLEAN_START_STEPS) -> list:
@@ -179,27 +214,30 @@ def ablation_config(dataset: str, config_file: str, *, steps: int = CPU_STEPS,
         f"Jang et al. Table 1 layout: {dataset}, ablations, eps 0.3 ({steps} classifier "
         f"updates per row after {clean_steps} clean ones)", config_file,
         rows=ablation_rows(steps=steps, clean_steps=clean_steps), attacks=TABLE1_ATTACKS,
-        paper=PAPER_TABLE1_MNIST if dataset == "mnist" else None, examples=examples)
+        paper=PAPER_TABLE1_MNIST if dataset == "mnist" else None, examples=examples,
+        output="l2l_da_table1")
 
 
 def table3_config(dataset: str, config_file: str, *, steps: int = CPU_STEPS,
-                  clean_steps: int = CLEAN_START_STEPS,
-                  examples: int = CPU_EXAMPLES) -> ml_collections.ConfigDict:
-    """Table 3's black-box layout: the PGD10 and L2L-DA (full) rows (and Plain, their
-    start) attacked by PGD10 and PGD100 crafted on the surrogates (A) Plain, (B) FGSM and
-    (C) PGD10 LeNet-5, seed 1, B and C started from A. The paper's numbers are not printed:
-    its columns (no clean one, the L2L-DA attack first) do not line up with ours, and its
-    Min is over the transfer columns only (ours: every column, white box included)."""
+                  clean_steps: int = CLEAN_START_STEPS, examples: int = CPU_EXAMPLES,
+                  l2l_da_steps: int = CPU_L2L_DA_ATTACK_STEPS,
+                  samples: int = L2L_DA_ATTACK_SAMPLES) -> ml_collections.ConfigDict:
+    """Table 3's black-box layout: Table 2's rows at equal updates attacked by the L2L-DA
+    attack, PGD10 and PGD100 crafted on the surrogates (A) Plain, (B) FGSM and (C) PGD10
+    LeNet-5, seed 1, B and C started from A (the L2L-DA attack: FULL_ROW's generator
+    fine-tuned against each surrogate). The paper's numbers are not printed: its
+    columns (no clean one, attack-major) do not line up with ours, and its Min is over
+    the transfer columns only (ours: every column, white box included)."""
     surrogates = [("A", "standard,l2l_da", 1, {"num_train_steps": clean_steps}),
                   cpu_run("B", "pgd_at,l2l_da", 1, steps=steps, start="A", **FGSM_TRAINING),
                   cpu_run("C", "pgd_at,l2l_da", 1, steps=steps, start="A")]
-    rows = [row for row in table2_rows(steps=steps, clean_steps=clean_steps, equal_time=False)
-            if row[0] != "L2L*"]
+    l2l_da = generator_columns(l2l_da_steps=l2l_da_steps, samples=samples)["l2l_da"]
     return cpu_table(
         f"Jang et al. Table 3 layout: {dataset}, black box by transfer, eps 0.3 ({steps} "
         f"classifier updates per row after {clean_steps} clean ones)", config_file,
-        rows=rows, surrogates=surrogates, attacks=TABLE3_ATTACKS, paper=None,
-        examples=examples)
+        rows=table2_rows(steps=steps, clean_steps=clean_steps, equal_time=False),
+        surrogates=surrogates, attacks=(l2l_da, *TABLE2_ATTACKS[1:3]), paper=None,
+        examples=examples, output="l2l_da_table3")
 
 
 def figure2_config(dataset: str, config_file: str, *, steps: int = CPU_STEPS,
@@ -212,9 +250,10 @@ def figure2_config(dataset: str, config_file: str, *, steps: int = CPU_STEPS,
     c = configlib.study_config(
         "l2l_da_recursion", f"Jang et al. Figure 2 layout: {dataset}, eps 0.3 ({steps} "
         f"classifier updates per row after {clean_steps} clean ones)", config_file,
-        rows=table2_rows(steps=steps, clean_steps=clean_steps, equal_time=False), surrogates=(),
-        settings=dict(classifiers=("PGD10", "L2L-DA (full)"), l2l_row="L2L*",
-                      l2l_da_row="L2L-DA (full)", steps=recursion_steps, samples=samples,
+        rows=[row for row in table2_rows(steps=steps, clean_steps=clean_steps, equal_time=False)
+              if row[0] in (START_ROW, "PGD10", "L2L*", FULL_ROW)], surrogates=(),
+        settings=dict(classifiers=("PGD10", FULL_ROW), l2l_row="L2L*", l2l_da_row=FULL_ROW,
+                      steps=recursion_steps, samples=samples,
                       step_fraction=0.25, pgd_random_start=True, batch_size=100))
     with c.unlocked():
         c.table.eval_num_examples = examples

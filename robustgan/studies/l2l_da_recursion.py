@@ -29,17 +29,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from robustgan import parallel, report, runs, table
+from robustgan import parallel, report, table
 from robustgan.attacks import common
 from robustgan.attacks.l2l_da_attack import L2LDAAttack
 from robustgan.checks import check_at_least, check_range
 from robustgan.errors import ConfigError
 from robustgan.evaluate import protocol
 from robustgan.evaluate.batching import map_batches
-from robustgan.methods.l2l_da import generator_module
 
 OUTPUT = "l2l_da_recursion"
-GENERATOR_METHODS = ("l2l_da", "l2l")
 
 
 def pgd_losses(classifier, x, y, rng, *, eps, step_size, steps: int, random_start: bool):
@@ -73,20 +71,13 @@ def loss_statistics(losses: jax.Array) -> dict[str, jax.Array]:
 
 def generator_attack(run_dir: str, *, eps: float, step_fraction: float, steps: int,
                      samples: int) -> L2LDAAttack:
-    """The generator of the l2l_da or l2l run in `run_dir`, as trained, in the recursion of
-    Eq. 5 (`steps` steps of step_fraction * eps, eps in pixel units) with `samples` z
-    draws (one if the generator takes no z)."""
-    run = runs.load_run(run_dir)
-    method = run.config.method
-    if method not in GENERATOR_METHODS:
-        raise ConfigError(f"{run_dir} trained {method!r}; the generator attacks need a run "
-                          f"of {GENERATOR_METHODS}")
-    settings = run.config[method]
-    g = run.network("generator")
-    return L2LDAAttack(generator_module(settings, run.config.data.num_classes),
-                       {"params": g.params, "batch_stats": g.batch_stats}, eps,
-                       step_fraction=step_fraction, steps=steps,
-                       samples=samples if settings.use_z else 1)
+    """The generator of the run in `run_dir` (an l2l_da or l2l run:
+    protocol.generator_start), as trained, in the recursion of Eq. 5 (`steps` steps of
+    step_fraction * eps, eps in pixel units) with `samples` z draws (one if the
+    generator takes no z)."""
+    start = protocol.generator_start(run_dir)
+    return L2LDAAttack(start["module"], start["variables"], eps, step_fraction=step_fraction,
+                       steps=steps, samples=start.get("samples", samples))
 
 
 @functools.partial(jax.jit, static_argnames=("steps", "pgd_samples", "pgd_random_start"))
