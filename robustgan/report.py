@@ -11,7 +11,8 @@ import jax
 COLUMN_TITLES = {"clean": "No noise", "fgsm": "FGS", "pgd": "PGD", "min": "Min",
                  "rand_fgsm": "RAND+FGSM", "cw_l2": "C&W-L2", "apgd_ce": "APGD-CE",
                  "apgd_dlr": "APGD-DLR", "deepfool": "DeepFool", "random_search": "random",
-                 "substitute": "substitute FGS"}
+                 "substitute": "substitute FGS", "advgan": "AdvGAN", "gap": "GAP",
+                 "l2l_da": "L2L-DA"}
 
 
 def column_title(column: str) -> str:
