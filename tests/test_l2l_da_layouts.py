@@ -276,3 +276,18 @@ def test_figure2_study_writes_max_and_std_per_step(tiny_workdir):
                         random_start=False)
     np.testing.assert_allclose(curves["PGD10"]["PGD"]["max"][-1],
                                cross_entropy(classifier.logits(x_adv), y).mean(), rtol=1e-4)
+
+
+def test_cifar10_layout_is_resnet20_at_a_cpu_scale_with_the_papers_cifar_numbers():
+    config = configlib.load_config_file(os.path.join(ROOT, "configs", "cifar10.py:"
+                                                     "l2l_da_table2_cpu"))
+    assert config.table.eval_num_examples == recipe.CIFAR_CPU_EXAMPLES
+    configs = run_configs(config)
+    assert list(configs) == ["Plain", "PGD10", "PGD100", "C&W100", "L2L*", "L2L-DA (full)"]
+    for name, c in configs.items():
+        assert c.model.name == "d2" and c.eval.eps == pytest.approx(8 / 255)
+        assert c.num_train_steps == (recipe.CIFAR_CLEAN_START_STEPS if name == "Plain"
+                                     else recipe.CIFAR_CPU_STEPS)
+    assert configs["L2L-DA (full)"].l2l_da.diversity_weight == 0.5
+    full = dict(zip(columns(config), dict(config.table.paper)["L2L-DA (full)"], strict=False))
+    assert (full["clean"], full["pgd100"], full["l2l_da"]) == (78.91, 38.39, 39.20)
