@@ -55,10 +55,10 @@ def test_settings_labels_and_wrappers():
     assert settings(fns["pgd40"])["steps"] == 40
     assert settings(fns["pgd(eps=0.1)"])["step_size"] == pytest.approx(0.025)  # eps / 4 kept
     assert settings(fns["unbounded"])["step_size"] == 0.01
-    assert fns["bpda(pgd)"].wrap is attacks.bpda
+    assert fns["bpda(pgd)"].wrap is columns.bpda_column
     assert (fns["eot(pgd, 10)"].wrap, fns["eot(pgd, 10)"].args) == (attacks.eot, (10,))
     nested = fns["eot(bpda(fgsm), samples=3)"]
-    assert nested.args == (3,) and nested.attack.wrap is attacks.bpda
+    assert nested.args == (3,) and nested.attack.wrap is columns.bpda_column
 
 
 @pytest.mark.parametrize("spec,match", [
@@ -128,6 +128,10 @@ def test_bpda_column_attacks_through_the_front_end_and_scores_the_defended_model
     assert result["clean"] == 1.0
     assert result["plain"] == 1.0  # the quantizer's zero gradient stops plain PGD
     assert result["through"] < 0.5
+    # An undefended row of the same table: bpda(pgd) is pgd, nothing to approximate.
+    undefended = run_columns(clf, x, y, protocol.white_box_columns(
+        e, ("plain=pgd(random_start=False)", "through=bpda(pgd(random_start=False))")))
+    assert undefended["through"] == undefended["plain"] < 1.0
 
 
 def flip_if(feature: int):

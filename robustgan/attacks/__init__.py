@@ -10,7 +10,7 @@ training images returns the attack.
 import functools
 import inspect
 
-from robustgan.attacks.adaptive import bpda, eot, with_front_end
+from robustgan.attacks.adaptive import bpda, eot, has_front_end, with_front_end
 from robustgan.attacks.advgan import train_advgan
 from robustgan.attacks.autopgd import apgd
 from robustgan.attacks.gap import train_gap
@@ -70,6 +70,7 @@ __all__ = [
     "fgsm",
     "fgsm_predicted",
     "finetune_l2l_da",
+    "has_front_end",
     "ll_fgs",
     "make_attack",
     "pgd",

@@ -86,6 +86,11 @@ class BPDAFrontEnd:
         return _straight_through(self.front_end, self.surrogate, variables, x, rng)
 
 
+def has_front_end(classifier: Classifier) -> bool:
+    """Whether `classifier` was built with `with_front_end`."""
+    return isinstance(classifier.apply_fn, FrontEndApply)
+
+
 def bpda(classifier: Classifier, surrogate_apply: FrontEndFn | None = None) -> Classifier:
     """Backward Pass Differentiable Approximation (Athalye et al. 2018, Sec. 4.1).
 
@@ -94,7 +99,7 @@ def bpda(classifier: Classifier, surrogate_apply: FrontEndFn | None = None) -> C
     default, or any differentiable approximation of the front-end. The classifier must
     come from `with_front_end`.
     """
-    if not isinstance(classifier.apply_fn, FrontEndApply):
+    if not has_front_end(classifier):
         raise ValueError(
             "bpda needs a classifier built with attacks.with_front_end(front_end, variables, "
             f"classifier), so it knows which part to approximate; got {classifier.apply_fn!r}"

@@ -6,7 +6,8 @@ A spec is `[label=]expr`, expr one of
   - an attack with settings: `pgd(steps=40)`, `cw_l2(steps=100, learning_rate=10,
     initial_const=100, binary_steps=1)`, `pgd(eps=1.0, steps=100, step_size=0.01)`;
   - a wrapper around another expr: `bpda(pgd)` (the attack sees the classifier's
-    front-end through BPDA's identity backward pass, Athalye et al. Sec. 4.1), or
+    front-end through BPDA's identity backward pass, Athalye et al. Sec. 4.1; a
+    classifier without one is attacked as it is), or
     `eot(pgd, 10)` (the attack's loss averaged over 10 draws of the classifier's
     randomness, Sec. 4.3);
   - a generator column (`attacks.GENERATOR_ATTACKS`): `advgan(num_steps=200)`,
@@ -89,6 +90,12 @@ class Wrapped:
         return self.attack(self.wrap(classifier, *self.args), x, y, rng)
 
 
+def bpda_column(classifier):
+    """BPDA for a column: a classifier without a front end (the undefended row of a table
+    of defended ones) is attacked as it is, there being nothing to approximate."""
+    return attacks.bpda(classifier) if attacks.has_front_end(classifier) else classifier
+
+
 def label_and_expr(spec: str) -> tuple[str, str]:
     """('pgd40', 'pgd(steps=40)') for 'pgd40=pgd(steps=40)'; the spec is its own label."""
     match = _LABEL.match(spec)
@@ -145,7 +152,7 @@ def _wrapper(name, args, settings, spec: str, eval_config) -> Callable:
         if extra or settings:
             raise ConfigError(f"attack spec {spec!r}: bpda takes only the attack (its "
                               "backward pass is the identity)")
-        return Wrapped(inner, attacks.bpda)
+        return Wrapped(inner, bpda_column)
     samples = settings.pop("samples", extra[0] if extra else None)
     if settings or len(extra) > 1 or not isinstance(samples, int) or samples < 1:
         raise ConfigError(f"attack spec {spec!r}: write eot(<attack>, <number of draws>)")
