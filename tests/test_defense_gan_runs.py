@@ -17,7 +17,7 @@ from robustgan import config as configlib
 from robustgan.attacks import projection as proj
 from robustgan.classifier import Classifier
 from robustgan.errors import ConfigError
-from robustgan.evaluate import protocol
+from robustgan.evaluate import columns, protocol
 from robustgan.methods import defense_gan
 from robustgan.recipes import defense_gan as recipe
 
@@ -207,4 +207,4 @@ def test_the_athalye_column_is_bpda_l2_pgd_within_their_mean_squared_distance():
     mse = (pixels ** 2).reshape(4, -1).mean(1)
     assert np.all(mse <= recipe.ATHALYE_MSE * (1 + 1e-4))
     assert np.all(mse >= 0.99 * recipe.ATHALYE_MSE)
-    assert column.attack.wrap is attacks.bpda
+    assert column.attack.wrap is columns.bpda_column
