@@ -121,6 +121,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.substitute_seed_size = 150
     c.eval.substitute_rounds = 6
     c.eval.substitute_epochs = 10
+    # FGSM eps beyond eval.eps on the same substitute (Defense-GAN's Table 3), one column each.
+    c.eval.substitute_eps = ()
 
     for spec in methods.REGISTRY.values():
         if spec.defaults is not None:
@@ -183,6 +185,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in ("train_attack.eps", "train_attack.step_size", "eval.eps", "eval.pgd_step_size"):
         check_range(key, get(config, key), 0.0, 1.0)
     check_range("train_attack.fraction", config.train_attack.fraction, 0.0, 1.0)
+    for eps in config.eval.substitute_eps:
+        check_range("eval.substitute_eps", eps, 0.0, 1.0)
+    if config.eval.substitute_eps and not config.eval.substitute:
+        raise ConfigError("config.eval.substitute_eps is set but config.eval.substitute is "
+                          "empty: name the substitute model to craft FGSM on")
     for key in ("batch_size", "num_train_steps", "eval.batch_size", "log_every",
                 "checkpoint_every", "keep_checkpoints", "data.num_classes"):
         check_at_least(key, get(config, key), 1, "a positive integer")

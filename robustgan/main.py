@@ -68,7 +68,7 @@ def run(config, workdir: str, mode: str) -> dict:
         measures = protocol.protocol_measures(config, dataset, classifier, mesh)
     if config.eval.substitute:
         substitute = protocol.substitute_black_box(config, dataset, classifier, mesh)
-        results["substitute"] = substitute["fgsm_accuracy"]
+        results |= protocol.substitute_columns(substitute)
     context = {
         "method": config.method, "data": f"{config.data.source}:{config.data.name}",
         "model": config.model.name, "train_steps": config.num_train_steps,

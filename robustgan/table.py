@@ -116,9 +116,8 @@ def run_table(config, workdir: str, output: str = "table") -> dict:
                                                        trained[name][1], mesh)
                    for name in evaluated if trained[name][0].eval.substitute}
     for name, substitute in substitutes.items():
-        results[name]["substitute"] = substitute["fgsm_accuracy"]
-    if substitutes:
-        columns.append("substitute")
+        results[name] |= protocol.substitute_columns(substitute)
+        columns += [c for c in protocol.substitute_columns(substitute) if c not in columns]
     measures = table_measures(table, trained, evaluated, results, cols, dataset, mesh)
     paper = {name: dict(zip(columns, values, strict=False))
              for name, values in table.paper if name in evaluated}

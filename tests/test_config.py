@@ -79,6 +79,7 @@ def test_bad_config_argument_is_named():
         ("batch_size", 0, "batch_size=0 must be a positive integer"),
         ("eval.batch_norm", "train", "eval.batch_norm='train' is not valid"),
         ("eval.attacks", ("fgsm", "pgd(stepz=3)"), r"pgd has no setting\(s\) \['stepz'\]"),
+        ("eval.substitute_eps", (0.1,), "eval.substitute_eps is set but config.eval.substitute"),
     ],
 )
 def test_bad_values_stop_with_the_key_named(key, value, match):

@@ -207,6 +207,8 @@ def test_the_table1_layout_attacks_every_defense_from_one_substitute(dataset, na
         assert (e.measures, e.substitute, e.substitute_seed_size, e.substitute_rounds,
                 e.substitute_epochs, e.eps) == (False, substitute, 150, 6, 10, 0.3)
         assert e.num_examples == e.measure_examples == 150 + recipe.CPU_TABLE1_TEST_EXAMPLES
+        # Substitute E also answers Table 3: FGSM at its smaller eps.
+        assert e.substitute_eps == (recipe.TABLE3_EPS if substitute == "dgan_e" else ())
     # No defense, Defense-GAN-Orig and MagNet evaluate one classifier A run.
     assert {rows[n][1] for n in ("No defense", "Defense-GAN-Orig", "MagNet")} == {
         "standard_a_cpu_seed0"}
@@ -225,3 +227,6 @@ def test_the_table1_layout_attacks_every_defense_from_one_substitute(dataset, na
     assert dict(t.paper)["MagNet"] == (round(100 * paper["No attack"], 2), None,
                                        round(100 * paper["MagNet"], 2))
     assert [name for name, _ in t.paper] == ROWS[2:]
+    table3 = [round(100 * v, 2) for v in recipe.PAPER_TABLE3_REC[dataset]]
+    assert dict(t.paper)["Defense-GAN-Rec"][3:] == (tuple(table3) if substitute == "dgan_e"
+                                                    else ())

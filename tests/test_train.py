@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from helpers import assert_matches_recorded, recorded, tiny_config
 
-from robustgan import checkpoint, main, runs, train
+from robustgan import checkpoint, data, main, runs, train
 from robustgan.errors import CheckpointError, ConfigError, DivergenceError
 from robustgan.evaluate import measures as measures_lib
 
@@ -285,7 +285,7 @@ def test_evaluation_reports_protocol_measures_and_flags_failures(tmp_path):
     config = tiny_config(tmp_path, steps=20, **{
         "eval.measures": True, "eval.measure_examples": 40, "eval.substitute": "dgan_e",
         "eval.substitute_seed_size": 16, "eval.substitute_rounds": 2,
-        "eval.substitute_epochs": 1, "eval.deepfool_steps": 10})
+        "eval.substitute_epochs": 1, "eval.deepfool_steps": 10, "eval.substitute_eps": (0.0,)})
     workdir = str(tmp_path / "run")
     main.run(config, workdir, "train")
     everything = json.load(open(os.path.join(workdir, "results.json")))
@@ -303,6 +303,12 @@ def test_evaluation_reports_protocol_measures_and_flags_failures(tmp_path):
         before["substitute_agreement"], abs=0.05)
     assert (substitute["seed_examples"], substitute["num_examples"]) == (16, 24)
     assert everything["results"]["substitute"] == substitute["fgsm_accuracy"]
+    # FGSM at eps 0 from the same substitute leaves the 24 tested images as they are.
+    tiny = np.load(tmp_path / "tiny.npz")
+    x, y = tiny["x_test"][16:40], tiny["y_test"][16:40]
+    logits = runs.load_run(workdir).classifier().logits(data.scale(x, (-1.0, 1.0)))
+    assert everything["results"]["substitute eps=0"] == pytest.approx(
+        np.mean(np.asarray(logits).argmax(-1) == y))
     # rho as the paper computes it: DeepFool unclipped (here 10 steps, as it ran then).
     for rho in ("rho_2", "rho_inf"):
         assert saved[f"{rho}_unclipped"] == pytest.approx(before[rho], rel=1e-3)

@@ -244,9 +244,10 @@ def substitute_black_box(config, dataset, classifier, mesh) -> dict:
     names a model (apart from the other measures, which through a purifier cost far
     more): the substitute is trained from the first `eval.substitute_seed_size`
     evaluation images with `classifier` as its labelling oracle (Jacobian augmentation,
-    `eval.substitute_rounds` rounds), then FGSM at eval.eps crafted on it, on its own
-    predicted labels as CleverHans and Defense-GAN's code, is tested on the next images
-    up to `eval.measure_examples`."""
+    `eval.substitute_rounds` rounds), then FGSM at eval.eps (and at each of
+    `eval.substitute_eps`, Defense-GAN's Table 3) crafted on it, on its own predicted
+    labels as CleverHans and Defense-GAN's code, is tested on the next images up to
+    `eval.measure_examples`."""
     e = config.eval
     x, y = eval_split(config, dataset)
     x, y = x[: e.measure_examples], y[: e.measure_examples]
@@ -261,10 +262,19 @@ def substitute_black_box(config, dataset, classifier, mesh) -> dict:
         classifier, x[:seed_size], module=models.get_model(e.substitute, dataset.num_classes),
         x_holdout=x[seed_size:], rounds=e.substitute_rounds,
         epochs_per_round=e.substitute_epochs, rng=rng, value_range=config.data.value_range)
-    accuracy = blackbox.substitute_attack_accuracy(
-        classifier, substitute, x[seed_size:], y[seed_size:], eps=e.eps, rng=rng,
+    accuracy = {eps: blackbox.substitute_attack_accuracy(
+        classifier, substitute, x[seed_size:], y[seed_size:], eps=eps, rng=rng,
         predicted_labels=True, batch_size=e.batch_size, value_range=config.data.value_range,
-        mesh=mesh)
+        mesh=mesh) for eps in (e.eps, *e.substitute_eps)}
     return {"model": e.substitute, "agreement_per_round": history["agreement"],
-            "fgsm_accuracy": accuracy, "seed_examples": seed_size,
-            "num_examples": len(y) - seed_size}
+            "fgsm_accuracy": accuracy.pop(e.eps),
+            "fgsm_accuracy_at": {f"{eps:g}": value for eps, value in accuracy.items()},
+            "seed_examples": seed_size, "num_examples": len(y) - seed_size}
+
+
+def substitute_columns(substitute: dict) -> dict[str, float]:
+    """The table columns of `substitute_black_box`'s result: 'substitute' (FGSM at
+    eval.eps), then 'substitute eps=<eps>' for each of eval.substitute_eps."""
+    return {"substitute": substitute["fgsm_accuracy"],
+            **{f"substitute eps={eps}": value
+               for eps, value in substitute["fgsm_accuracy_at"].items()}}

@@ -88,6 +88,11 @@ FGSM_TRAINING_EPS_OPTION = {"eps015": 0.15}
 # 9,850 images; the CPU layouts: CPU_TABLE1_TEST_EXAMPLES).
 SUBSTITUTE_SEED_SIZE = 150
 CPU_TABLE1_TEST_EXAMPLES = 350
+# Table 3: FGSM's eps from substitute E, on the same substitute as Table 1 (2) with E; the
+# paper's Defense-GAN-Rec (model F, L=400, R=10) at the eps below 0.3.
+TABLE3_EPS = (0.1, 0.15, 0.2, 0.25)
+PAPER_TABLE3_REC = {"mnist": (0.9864, 0.9836, 0.9772, 0.9641),
+                    "fashion_mnist": (0.8844, 0.8267, 0.7492, 0.6384)}
 # Tables 1 (MNIST) and 2 (F-MNIST), classifier A, as printed: No Attack, then each
 # defense's accuracy under FGSM eps 0.3 from substitute B or E.
 PAPER_TABLE1_A = {
@@ -247,13 +252,17 @@ def table1_config(dataset: str, config_file: str, substitute: str) -> ml_collect
     ('substitute FGS') the accuracy under FGSM eps 0.3 crafted on `substitute`, a Table 5
     model trained by Papernot et al.'s procedure against the defended classifier as oracle
     (config.eval.substitute: seeded with the first SUBSTITUTE_SEED_SIZE of those images,
-    tested on the rest; 6 rounds, lambda 0.1, 10 epochs). The paper's rows: its clean
-    accuracy of classifier A (one number for every row) and its Table 1 (2) accuracy."""
+    tested on the rest; 6 rounds, lambda 0.1, 10 epochs). With substitute E, also FGSM at
+    each TABLE3_EPS from the same substitute: Table 3's sweep. The paper's rows: its clean
+    accuracy of classifier A (one number for every row), its Table 1 (2) accuracy, and for
+    Defense-GAN-Rec with E its Table 3 (model F, L=400, R=10)."""
     classifier = "standard,defense_gan,a,cpu"
     examples = SUBSTITUTE_SEED_SIZE + CPU_TABLE1_TEST_EXAMPLES
     black_box = {"eval.substitute": substitute,
                  "eval.substitute_seed_size": SUBSTITUTE_SEED_SIZE,
                  "eval.measure_examples": examples}
+    if substitute == "dgan_e":  # Table 3 (its eps 0.3 is Table 1's column)
+        black_box["eval.substitute_eps"] = TABLE3_EPS
     projected = {"front_end.run": "GAN", **CPU_PROJECTION, **black_box}
     rows = [("GAN", "defense_gan,cpu", 0),
             ("MagNet reformer", "magnet,cpu", 0, {"init_from.run": "GAN"}),
@@ -264,6 +273,7 @@ def table1_config(dataset: str, config_file: str, substitute: str) -> ml_collect
             ("Adv. Tr. eps=0.3", "pgd_at,defense_gan,a,fgsm,cpu", 0, black_box),
             ("Adv. Tr. eps=0.15", "pgd_at,defense_gan,a,fgsm,eps015,cpu", 0, black_box)]
     paper = PAPER_TABLE1_A.get(dataset, {}).get(substitute)
+    table3 = PAPER_TABLE3_REC.get(dataset) if substitute == "dgan_e" else None
     c = configlib.table_config(
         f"Defense-GAN Table {2 if dataset == 'fashion_mnist' else 1} layout: {dataset}, "
         f"classifier A, substitute {substitute.removeprefix('dgan_').upper()}, black-box "
@@ -271,7 +281,8 @@ def table1_config(dataset: str, config_file: str, substitute: str) -> ml_collect
         f"R={CPU_PROJECTION['defense_gan.projection.restarts']}; substitute seeded with "
         f"{SUBSTITUTE_SEED_SIZE} test images, tested on {CPU_TABLE1_TEST_EXAMPLES})",
         config_file, rows=rows, surrogates=(), attacks=(),
-        paper={name: (round(100 * paper["No attack"], 2), None, round(100 * value, 2))
+        paper={name: (round(100 * paper["No attack"], 2), None, round(100 * value, 2),
+                      *(round(100 * v, 2) for v in table3 or () if name == "Defense-GAN-Rec"))
                for name, value in paper.items() if name != "No attack"} if paper else None)
     with c.unlocked():
         c.table.eval_num_examples = examples
