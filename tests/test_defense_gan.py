@@ -1,6 +1,7 @@
 """Defense-GAN (Samangouei et al., ICLR 2018): the Table 6 networks, the WGAN-GP method,
 and the projection of Eq. 8 as a classifier front end (robustgan/attacks/projection.py)."""
 
+import dataclasses
 import json
 import os
 
@@ -189,6 +190,29 @@ def test_eot_averages_the_defended_classifier_over_random_starts():
         defended.logits(x)
 
 
+def test_fixed_starts_make_the_defense_deterministic_and_known_to_the_attacker():
+    v, x = _tanh_variables(), _targets(4)
+    y = jnp.array([0, 1, 2, 0])
+    settings = dict(latent_dim=2, steps=3, restarts=2, step_size=0.5, unroll=1)
+    fixed = attacks.with_front_end(proj.ProjectionFrontEnd(_tanh, starts="fixed", **settings),
+                                   v, _classifier())
+    drawn = attacks.with_front_end(proj.ProjectionFrontEnd(_tanh, **settings), v, _classifier())
+    keys = jax.random.split(jax.random.key(11), 2)
+    known = proj.project(_tanh, v, x, jax.random.key(proj.FIXED_STARTS_SEED), **settings)
+    for key in keys:  # whatever key the judge or the attacker holds: the same starts
+        np.testing.assert_allclose(fixed.logits(x, key),
+                                   _classifier().logits(known.reconstruction), atol=1e-6)
+    np.testing.assert_array_equal(fixed.logits(x), fixed.logits(x, keys[0]))
+
+    def input_grad(clf, key):
+        return common.loss_and_input_grad(clf, common.cross_entropy, x, y, key)[1]
+
+    np.testing.assert_array_equal(input_grad(fixed, keys[0]), input_grad(fixed, keys[1]))
+    assert float(jnp.abs(input_grad(drawn, keys[0]) - input_grad(drawn, keys[1])).max()) > 1e-4
+    with pytest.raises(ValueError, match="starts must be one of"):
+        dataclasses.replace(fixed.apply_fn.front_end, starts="kept")(v, x, keys[0])
+
+
 def test_bpda_backward_through_the_defended_classifier_is_the_identity():
     v, x = _tanh_variables(), _targets(3)
     front = proj.ProjectionFrontEnd(_tanh, latent_dim=2, steps=4, restarts=2, step_size=0.5,
@@ -316,7 +340,8 @@ def test_table6_networks_have_the_papers_shapes_and_the_data_range():
 def test_bad_configs_are_stopped_with_the_key_named(tmp_path):
     for key, value in (("defense_gan.gp_norm", "height"),
                        ("defense_gan.projection.gradient", "bpda"),
-                       ("defense_gan.projection.restarts", 0)):
+                       ("defense_gan.projection.restarts", 0),
+                       ("defense_gan.projection.starts", "secret")):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             configlib.validate(tiny_config(tmp_path, "defense_gan", **{key: value}))
 

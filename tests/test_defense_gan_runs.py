@@ -179,10 +179,14 @@ def test_the_cpu_tables_sweep_l_and_r_over_one_classifier_run():
             if run_config.front_end.run:
                 assert run_config.front_end.run == "/runs/gan"
                 p = run_config.defense_gan.projection
-                settings.add((p.steps, p.restarts))
+                settings.add((p.steps, p.restarts, p.starts))
         assert names == {"standard_a_cpu_seed0"}
         assert len(settings) == len(t.rows) - 2
-    assert settings == {(5, 2), (10, 2), (20, 2), (10, 1), (10, 4)}
+        if name == "defense_gan_table4_cpu":  # drawn starts, then starts the attacker knows
+            assert settings == {(10, 2, "drawn"), (10, 2, "fixed")}
+            assert {"apgd_ce", "bpda(apgd_ce)"} <= set(t.attacks)
+    assert settings == {(5, 2, "drawn"), (10, 2, "drawn"), (20, 2, "drawn"), (10, 1, "drawn"),
+                        (10, 4, "drawn")}
 
 
 def test_the_athalye_column_is_bpda_l2_pgd_within_their_mean_squared_distance():

@@ -34,6 +34,12 @@ GenerateFn = Callable[[object, jax.Array], jax.Array]
 SCHEDULES = ("constant", "authors_decay")
 Z_INITS = ("prior", "authors_code")
 GRADIENTS = ("unrolled", "none")
+# Where the front end's random starts come from: 'drawn' from the classifier's rng at each
+# call (the defense keeps them secret); 'fixed': from FIXED_STARTS_SEED whatever the rng, a
+# deterministic defense whose starts the attacker knows (Table 4's "attacker knows the
+# starts" variant).
+STARTS = ("drawn", "fixed")
+FIXED_STARTS_SEED = 0
 
 
 class Projection(NamedTuple):
@@ -119,9 +125,10 @@ def project(generate: GenerateFn, variables, x, rng, *, latent_dim: int, steps: 
 @dataclasses.dataclass(frozen=True)
 class ProjectionFrontEnd:
     """Defense-GAN's front end (variables, x, rng) -> G(z*(x)) for `with_front_end`: the
-    variables are the generator's, the random starts come from the rng (one draw per key,
-    so `eot` averages over starts and an attacker who holds the key knows them, the
-    paper's "white-box, revisited"). Settings as `project`'s; hashable."""
+    variables are the generator's; the random starts come from the rng (one draw per key,
+    so `eot` averages over starts), or with starts='fixed' from FIXED_STARTS_SEED, the
+    same at every call (the attacker knows them). Other settings as `project`'s;
+    hashable."""
 
     generate: GenerateFn
     latent_dim: int
@@ -135,11 +142,15 @@ class ProjectionFrontEnd:
     data_scale: float = 1.0
     unroll: int | None = None
     remat: bool = False
+    starts: str = "drawn"
 
     def __call__(self, variables, x, rng=None):
-        if rng is None:
+        common.check_choice("starts", self.starts, STARTS)
+        if self.starts == "fixed":
+            rng = jax.random.key(FIXED_STARTS_SEED)
+        elif rng is None:
             raise ValueError("the Defense-GAN projection draws its random starts from the "
                              "classifier's rng: pass one")
         settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                    if f.name != "generate"}
+                    if f.name not in ("generate", "starts")}
         return project(self.generate, variables, x, rng, **settings).reconstruction

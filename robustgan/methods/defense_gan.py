@@ -73,6 +73,7 @@ def defaults() -> ml_collections.ConfigDict:
     p.gradient = "unrolled"  # unrolled | none (the authors': no gradient through z*)
     p.unroll = 0  # 0: the default for this backend
     p.remat = False  # recompute each step's activations in the backward pass
+    p.starts = "drawn"  # drawn: from the classifier's rng | fixed: known to the attacker
     c.projection = p
     return c
 
@@ -86,6 +87,7 @@ def validate(config) -> None:
     check_choice("defense_gan.projection.z_init", c.projection.z_init, projection.Z_INITS)
     check_choice("defense_gan.projection.gradient", c.projection.gradient,
                  projection.GRADIENTS)
+    check_choice("defense_gan.projection.starts", c.projection.starts, projection.STARTS)
     for key in ("latent_dim", "critic_steps"):
         check_at_least(f"defense_gan.{key}", c[key], 1, "at least 1")
     for key in ("steps", "restarts"):
@@ -227,7 +229,7 @@ def front_end(config, channels: int = 1, settings=None) -> projection.Projection
         latent_dim=config.defense_gan.latent_dim,
         steps=p.steps, restarts=p.restarts, step_size=p.step_size, momentum=p.momentum,
         schedule=p.schedule, z_init=p.z_init, gradient=p.gradient, data_scale=high - low,
-        unroll=p.unroll or None, remat=p.remat,
+        unroll=p.unroll or None, remat=p.remat, starts=p.starts,
     )
 
 

@@ -60,7 +60,9 @@ TABLE4_ATTACKS = ("fgsm", "rand_fgsm", CW)
 # MNIST). The column: BPDA through the projection, L2 PGD at that norm.
 ATHALYE_MSE = 0.005
 ATHALYE_L2 = f"athalye_l2=bpda(pgd(norm='l2', eps={math.sqrt(ATHALYE_MSE * 28 * 28):.4f}))"
-ADAPTIVE_ATTACKS = ("bpda(fgsm)", "bpda(pgd)", "eot(pgd, 4)", ATHALYE_L2)
+# APGD-CE (100 steps) on top, through the unrolled projection and through BPDA.
+ADAPTIVE_ATTACKS = ("bpda(fgsm)", "bpda(pgd)", "eot(pgd, 4)", "apgd_ce", "bpda(apgd_ce)",
+                    ATHALYE_L2)
 # The CPU layouts: GAN generator iterations (train steps, each 5 critic steps), classifier
 # steps (one epoch), projection settings and test images (the paper: L=200, R=10, and the
 # whole test set).
@@ -188,14 +190,18 @@ def fgsm_training(train_attack, *, eps: float) -> None:
 def table4_config(dataset: str, config_file: str) -> ml_collections.ConfigDict:
     """Table 4's white-box layout for classifier A on the CPU recipes: No defense and
     Defense-GAN-Orig (the same classifier run behind the GAN run's projection at
-    CPU_PROJECTION), Table 4's columns and the adaptive ones."""
+    CPU_PROJECTION), Table 4's columns and the adaptive ones; then Defense-GAN-Orig with
+    fixed starts, which every attacker knows (the judged model is the attacked one)."""
     classifier = "standard,defense_gan,a,cpu"
+    projected = {"front_end.run": "GAN", **CPU_PROJECTION}
     c = configlib.table_config(
         f"Defense-GAN Table 4 layout: {dataset}, classifier A, white box, eps 0.3 (CPU: "
         f"L={CPU_PROJECTION['defense_gan.projection.steps']}, "
         f"R={CPU_PROJECTION['defense_gan.projection.restarts']})", config_file,
         rows=[("GAN", "defense_gan,cpu", 0), ("No defense", classifier, 0),
-              ("Defense-GAN-Orig", classifier, 0, {"front_end.run": "GAN", **CPU_PROJECTION})],
+              ("Defense-GAN-Orig", classifier, 0, projected),
+              ("Defense-GAN-Orig, known starts", classifier, 0,
+               {**projected, "defense_gan.projection.starts": "fixed"})],
         surrogates=(), attacks=TABLE4_ATTACKS + ADAPTIVE_ATTACKS)
     with c.unlocked():
         c.table.eval_num_examples = CPU_TABLE4_EXAMPLES
