@@ -89,9 +89,7 @@ def generator_and_front_end(seed: int = 0):
 def jax_projector(front_end, variables, x, rng, *, steps: int, restarts: int, mesh):
     """() -> project()'s Projection of x at L=steps, R=restarts (the front end's other
     settings), jitted, waited for; the images split over the mesh's devices."""
-    settings = {f.name: getattr(front_end, f.name) for f in dataclasses.fields(front_end)
-                if f.name != "generate"}
-    settings.update(steps=steps, restarts=restarts)
+    settings = front_end.settings() | {"steps": steps, "restarts": restarts}
     if len(x) % mesh.devices.size:
         raise SystemExit(f"{len(x)} images do not split over {mesh.devices.size} devices")
     x = jax.device_put(jnp.asarray(x), parallel.batch_sharded(mesh))

@@ -151,6 +151,9 @@ class ProjectionFrontEnd:
         elif rng is None:
             raise ValueError("the Defense-GAN projection draws its random starts from the "
                              "classifier's rng: pass one")
-        settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                    if f.name not in ("generate", "starts")}
-        return project(self.generate, variables, x, rng, **settings).reconstruction
+        return project(self.generate, variables, x, rng, **self.settings()).reconstruction
+
+    def settings(self) -> dict:
+        """`project`'s keyword arguments."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in ("generate", "starts")}
