@@ -286,7 +286,7 @@ def check_overrides(argv: list[str]) -> None:
 
 
 def table_config(title: str, config_file: str, *, rows, surrogates, attacks=("fgsm", "pgd"),
-                 paper=None, eps_ref_row: str = "") -> ml_collections.ConfigDict:
+                 paper=None, eps_ref_row: str = "", sweeps=()) -> ml_collections.ConfigDict:
     """A results table in the papers' layout (`--mode table`).
 
     rows / surrogates: (name, config argument of `config_file`, seed[, overrides]), with
@@ -299,7 +299,9 @@ def table_config(title: str, config_file: str, *, rows, surrogates, attacks=("fg
     ours (kept as (name, numbers) pairs: row names such as 'Adv. Tr. eps=0.3' hold
     dots, which a ConfigDict key may not). eps_ref_row: the row whose eps_ref (Deep
     Defense Sec. 4.1) every row's accuracy at 0.2/0.5/1.0 eps_ref is measured at ('' =
-    the first row).
+    the first row). sweeps: (axis label, ((row name, x value), ...)) pairs, rows that vary
+    one setting: each is a panel of `<output>_sweeps.png`, every column's accuracy
+    against x (Defense-GAN's Figure 3).
     """
     c = ml_collections.ConfigDict()
     c.table = ml_collections.ConfigDict()
@@ -310,6 +312,8 @@ def table_config(title: str, config_file: str, *, rows, surrogates, attacks=("fg
     c.table.attacks = tuple(attacks)
     c.table.paper = tuple((k, tuple(v)) for k, v in (paper or {}).items())
     c.table.eps_ref_row = eps_ref_row
+    c.table.sweeps = tuple((label, tuple((row, x) for row, x in points))
+                           for label, points in sweeps)
     c.table.eval_num_examples = 0  # 0: the whole test split
     # workdir/<output>.md, .json, .png: layouts that share one workdir (and so its
     # trained runs) name their outputs apart.
@@ -319,8 +323,12 @@ def table_config(title: str, config_file: str, *, rows, surrogates, attacks=("fg
     names = [r[0] for r in (*c.table.rows, *c.table.surrogates)]
     if len(set(names)) != len(names):
         raise ConfigError(f"table runs need distinct names, got {names}")
-    if eps_ref_row and eps_ref_row not in [r[0] for r in c.table.rows]:
+    row_names = [r[0] for r in c.table.rows]
+    if eps_ref_row and eps_ref_row not in row_names:
         raise ConfigError(f"eps_ref_row={eps_ref_row!r} is not one of the rows")
+    unknown = [row for _, points in c.table.sweeps for row, _ in points if row not in row_names]
+    if unknown:
+        raise ConfigError(f"sweeps name rows that are not in the table: {unknown}")
     c.lock()
     return c
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 from collections.abc import Callable, Sequence
 
 import jax
@@ -65,11 +66,37 @@ def table_figure(title: str, results, columns, png_path: str) -> None:
     ax.set_xticklabels([column_title(c) for c in columns], rotation=30, ha="right")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(title)
+    ax.set_title(textwrap.fill(title, 60), fontsize="medium")
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
+
+
+def sweep_figure(title: str, results, columns, sweeps, png_path: str) -> dict:
+    """One panel per sweep (axis label, ((row, x), ...)): each column's accuracy over the
+    sweep's rows against x (`config.table_config`'s sweeps). Returns what it drew:
+    {axis label: {column: (xs, accuracies in %)}}."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(4.2 * len(sweeps), 3.4), squeeze=False)
+    drawn = {}
+    for ax, (label, points) in zip(axes[0], sweeps, strict=True):
+        xs = [x for _, x in points]
+        drawn[label] = {c: (xs, [100 * results[row].get(c, float("nan")) for row, _ in points])
+                        for c in columns}
+        for column, (_, accuracies) in drawn[label].items():
+            ax.plot(xs, accuracies, marker="o", label=column_title(column))
+        ax.set_xticks(xs)
+        ax.set_xlabel(label)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(textwrap.fill(title, 90), fontsize="medium")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return drawn
 
 
 def pyplot():

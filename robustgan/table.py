@@ -134,6 +134,9 @@ def run_table(config, workdir: str, output: str = "table") -> dict:
 
     def draw():
         report.table_figure(table.title, results, columns, os.path.join(workdir, f"{output}.png"))
+        if table.sweeps:
+            report.sweep_figure(table.title, results, columns, table.sweeps,
+                                os.path.join(workdir, f"{output}_sweeps.png"))
         if measures:
             report.plot_curves(
                 {n: (m["pgd_curve"]["eps"], m["pgd_curve"]["accuracy"])

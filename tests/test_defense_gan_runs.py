@@ -187,6 +187,10 @@ def test_the_cpu_tables_sweep_l_and_r_over_one_classifier_run():
             assert {"apgd_ce", "bpda(apgd_ce)"} <= set(t.attacks)
     assert settings == {(5, 2, "drawn"), (10, 2, "drawn"), (20, 2, "drawn"), (10, 1, "drawn"),
                         (10, 4, "drawn")}
+    # Figure 3's curves: the L rows at R=2 and the R rows at L=10, by their settings.
+    assert config.table.sweeps == (
+        ("L (R=2)", (("L=5, R=2", 5), ("L=10, R=2", 10), ("L=20, R=2", 20))),
+        ("R (L=10)", (("L=10, R=1", 1), ("L=10, R=2", 2), ("L=10, R=4", 4))))
 
 
 def test_the_athalye_column_is_bpda_l2_pgd_within_their_mean_squared_distance():

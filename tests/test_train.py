@@ -14,6 +14,7 @@ import pytest
 from helpers import assert_matches_recorded, recorded, tiny_config
 
 from robustgan import checkpoint, data, main, runs, train
+from robustgan import config as configlib
 from robustgan.errors import CheckpointError, ConfigError, DivergenceError
 from robustgan.evaluate import measures as measures_lib
 
@@ -188,7 +189,6 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
 
 
 def test_table_mode_trains_runs_and_lays_out_white_and_transfer_columns(tmp_path):
-    from robustgan import config as configlib
     from robustgan import table
 
     config_file = tmp_path / "tiny_cfg.py"
@@ -215,6 +215,7 @@ def test_table_mode_trains_runs_and_lays_out_white_and_transfer_columns(tmp_path
         surrogates=[("S'", "standard", 1)],
         paper={"std": (99.0, 20.0)},
         eps_ref_row="adv",
+        sweeps=(("PGD steps", (("std", 10), ("std pgd-3", 3))),),
     )
     with config.unlocked():
         config.progress_bar = False
@@ -237,6 +238,7 @@ def test_table_mode_trains_runs_and_lays_out_white_and_transfer_columns(tmp_path
         "tiny.md",
         "tiny.png",
         "tiny_curves.png",
+        "tiny_sweeps.png",
     ]
     saved = json.load(open(os.path.join(workdir, "tiny.json")))
     assert saved["runs"]["std pgd-3"] == saved["runs"]["std"] == "standard_seed0"
@@ -279,6 +281,22 @@ def test_table_mode_trains_runs_and_lays_out_white_and_transfer_columns(tmp_path
     run = ("fast", "standard", 0, (("optimizer.learning_rate", 0.01),))
     name = table.run_name(table.table_run_config(config.table, run, False, {}), run[3])
     assert name.startswith("standard_seed0_") and len(name) == len("standard_seed0_") + 8
+
+
+def test_sweep_figure_draws_each_column_against_the_swept_setting(tmp_path):
+    from robustgan import report
+
+    results = {"L=5": {"clean": 0.6, "fgsm": 0.25}, "L=20": {"clean": 0.9, "fgsm": 0.5},
+               "R=1": {"clean": 0.7, "fgsm": 0.3}}
+    path = str(tmp_path / "sweeps.png")
+    drawn = report.sweep_figure("t", results, ["clean", "fgsm"],
+                                (("L", (("L=5", 5), ("L=20", 20))), ("R", (("R=1", 1),))), path)
+    assert drawn == {"L": {"clean": ([5, 20], [60.0, 90.0]), "fgsm": ([5, 20], [25.0, 50.0])},
+                     "R": {"clean": ([1], [70.0]), "fgsm": ([1], [30.0])}}
+    assert os.path.getsize(path) > 0
+    with pytest.raises(ConfigError, match=r"sweeps name rows that are not in the table: \['L=9'\]"):
+        configlib.table_config("t", "configs/mnist.py", rows=[("L=5", "standard", 0)],
+                               surrogates=(), sweeps=(("L", (("L=9", 9),)),))
 
 
 def test_evaluation_reports_protocol_measures_and_flags_failures(tmp_path):

@@ -212,7 +212,8 @@ def table4_config(dataset: str, config_file: str) -> ml_collections.ConfigDict:
 def lr_sweep_config(dataset: str, config_file: str) -> ml_collections.ConfigDict:
     """Figure 3's sweeps on the CPU recipes: one classifier A run behind one GAN run's
     projection for each L (at R=2) and each R (at L=10), FGSM white box; L and R are
-    evaluation-only overrides, so every row shares the two trained runs."""
+    evaluation-only overrides, so every row shares the two trained runs. The table's
+    `_sweeps.png` draws Figure 3's curves: accuracy against L and against R."""
     settings = dict.fromkeys([(steps, 2) for steps in CPU_SWEEP_L]
                              + [(10, restarts) for restarts in CPU_SWEEP_R])
     rows = [("GAN", "defense_gan,cpu", 0), ("No defense", "standard,defense_gan,a,cpu", 0)]
@@ -220,9 +221,11 @@ def lr_sweep_config(dataset: str, config_file: str) -> ml_collections.ConfigDict
               {"front_end.run": "GAN", "defense_gan.projection.steps": steps,
                "defense_gan.projection.restarts": restarts})
              for steps, restarts in settings]
+    sweeps = (("L (R=2)", [(f"L={steps}, R=2", steps) for steps in CPU_SWEEP_L]),
+              ("R (L=10)", [(f"L=10, R={restarts}", restarts) for restarts in CPU_SWEEP_R]))
     c = configlib.table_config(f"Defense-GAN Figure 3 layout: {dataset}, classifier A, "
                                "L and R", config_file, rows=rows, surrogates=(),
-                               attacks=("fgsm",))
+                               attacks=("fgsm",), sweeps=sweeps)
     with c.unlocked():
         c.table.eval_num_examples = CPU_SWEEP_EXAMPLES
         c.table.output = "defense_gan_lr_sweep"
