@@ -14,6 +14,7 @@ method trains no classifier is trained and not evaluated.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -82,11 +83,58 @@ def train_runs(config, workdir: str):
     return trained, run_dirs, dataset
 
 
+class RowResults:
+    """Each evaluated row's results, kept in workdir/<output>.partial.json as they are
+    computed, so that a table stopped part-way (a long evaluation through a purifier)
+    starts again from its next row. A row's saved results are reused only under the
+    same key (`row_key`: its full run config, the table's columns and surrogates); the
+    file is removed once the table is written."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.saved = {}
+        if os.path.exists(path):
+            with open(path) as f:
+                self.saved = json.load(f)
+
+    def get(self, name: str, key: str):
+        entry = self.saved.get(name)
+        if entry is None or entry["key"] != key:
+            return None
+        print(f"[table] {name}: results of an interrupted evaluation reused ({self.path})",
+              flush=True)
+        return entry["results"]
+
+    def put(self, name: str, key: str, results) -> None:
+        self.saved[name] = {"key": key, "results": copy.deepcopy(results)}
+        if jax.process_index() == 0:
+            with open(self.path + ".tmp", "w") as f:
+                json.dump(self.saved, f, indent=2)
+            os.replace(self.path + ".tmp", self.path)
+
+    def done(self) -> None:
+        if jax.process_index() == 0 and os.path.exists(self.path):
+            os.remove(self.path)
+
+
+def row_key(table, run_config, run_dirs: dict[str, str]) -> str:
+    """What a row's results depend on besides the code: its run config (run references
+    resolved to directories, evaluation settings included), the columns and the
+    surrogates' runs."""
+    key = {"config": run_config.to_json_best_effort(sort_keys=True),
+           "attacks": list(table.attacks),
+           "surrogates": [run_dirs[name] for name, *_ in table.surrogates]}
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
 def run_table(config, workdir: str, output: str = "table") -> dict:
     """Trains or reuses every run of the table, evaluates, and writes the table as
-    workdir/<output>.md, .json, .png (and <output>_curves.png)."""
+    workdir/<output>.md, .json, .png (and <output>_curves.png). A row's results are
+    saved as soon as they are computed (`RowResults`): run the same command again after
+    a stop and the evaluation resumes from the next row."""
     table = config.table
     trained, run_dirs, dataset = train_runs(config, workdir)
+    saved = RowResults(os.path.join(workdir, f"{output}.partial.json"))
     evaluated = [name for name, *_ in table.rows if trained[name][1] is not None]
     if not evaluated:
         raise ConfigError("no row of the table trains a classifier: nothing to evaluate")
@@ -100,6 +148,10 @@ def run_table(config, workdir: str, output: str = "table") -> dict:
         run_config, classifier = trained[name]
         cols = protocol.white_box_columns(run_config.eval, table.attacks)
         cols |= protocol.transfer_columns(run_config.eval, table.attacks, surrogates)
+        key = row_key(table, run_config, run_dirs)
+        results[name] = saved.get(name, key)
+        if results[name] is not None:
+            continue
         print(f"[table] evaluating {name}", flush=True)
         trained_cols = protocol.train_generator_columns(
             cols, classifier, dataset, value_range=run_config.data.value_range,
@@ -111,10 +163,19 @@ def run_table(config, workdir: str, output: str = "table") -> dict:
             value_range=run_config.data.value_range, mesh=mesh,
             rng=jax.random.key(run_config.seed + 2), progress=config.progress_bar,
         )
+        saved.put(name, key, results[name])
     columns = [*cols, "min"]
-    substitutes = {name: protocol.substitute_black_box(trained[name][0], dataset,
-                                                       trained[name][1], mesh)
-                   for name in evaluated if trained[name][0].eval.substitute}
+    substitutes = {}
+    for name in evaluated:
+        run_config, classifier = trained[name]
+        if not run_config.eval.substitute:
+            continue
+        key = row_key(table, run_config, run_dirs)
+        substitutes[name] = saved.get(f"{name} (substitute)", key)
+        if substitutes[name] is None:
+            substitutes[name] = protocol.substitute_black_box(run_config, dataset,
+                                                              classifier, mesh)
+            saved.put(f"{name} (substitute)", key, substitutes[name])
     for name, substitute in substitutes.items():
         results[name] |= protocol.substitute_columns(substitute)
         columns += [c for c in protocol.substitute_columns(substitute) if c not in columns]
@@ -149,6 +210,7 @@ def run_table(config, workdir: str, output: str = "table") -> dict:
          "notes": notes, "measures": measures, "substitutes": substitutes,
          "runs": {n: os.path.basename(d) for n, d in run_dirs.items()}},
         draw)
+    saved.done()
     return results
 
 

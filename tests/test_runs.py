@@ -199,3 +199,51 @@ def test_a_table_trains_a_classifier_free_row_and_evaluates_the_others(
     results = table.run_table(config, str(tmp_path / "table"))
     assert list(results) == ["std"]
     assert os.path.isdir(tmp_path / "table" / "denoiser_seed0" / "checkpoints")
+
+
+def test_a_stopped_table_resumes_from_its_saved_rows_under_the_same_key(tmp_path, monkeypatch):
+    config_file = tmp_path / "cfg.py"
+    config_file.write_text(
+        "import pathlib, sys\n"
+        f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+        "from helpers import tiny_config\n"
+        "def get_config(arg):\n"
+        f"    return tiny_config(pathlib.Path({str(tmp_path)!r}), arg, steps=2)\n")
+
+    def layout(pgd_steps):
+        config = configlib.table_config("t", str(config_file), surrogates=[], attacks=("fgsm",),
+                                        rows=[("std", "standard", 0, {
+                                            "eval.pgd_steps": pgd_steps,
+                                            "eval.substitute": "dgan_e",
+                                            "eval.substitute_seed_size": 16,
+                                            "eval.substitute_rounds": 1,
+                                            "eval.substitute_epochs": 1,
+                                            "eval.measure_examples": 32})])
+        with config.unlocked():
+            config.progress_bar = False
+        return config
+
+    workdir = str(tmp_path / "table")
+    partial = os.path.join(workdir, "table.partial.json")
+    with monkeypatch.context() as m:  # stopped after its row, before writing the table
+        m.setattr(table.RowResults, "done", lambda self: None)
+        first = table.run_table(layout(10), workdir)
+    with open(partial) as f:
+        saved = json.load(f)
+    assert saved["std"]["results"] == {k: v for k, v in first["std"].items() if k != "substitute"}
+    assert saved["std (substitute)"]["results"]["fgsm_accuracy"] == first["std"]["substitute"]
+    saved["std"]["results"]["clean"] = 0.25  # a marker: reused, not recomputed
+    with open(partial, "w") as f:
+        json.dump(saved, f)
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("evaluated a row whose results were saved")
+
+    monkeypatch.setattr(table.protocol, "accuracy_under_attacks", no_evaluation)
+    monkeypatch.setattr(table.protocol, "substitute_black_box", no_evaluation)
+    assert table.run_table(layout(10), workdir)["std"]["clean"] == 0.25
+    assert not os.path.exists(partial)  # the table is written: nothing left to resume
+    with open(partial, "w") as f:
+        json.dump(saved, f)
+    with pytest.raises(AssertionError, match="evaluated a row"):  # another key: recomputed
+        table.run_table(layout(3), workdir)
