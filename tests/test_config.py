@@ -126,3 +126,15 @@ def test_a_table_with_an_unknown_column_stops_before_training(tmp_path):
     with pytest.raises(ConfigError, match="unknown attack 'pgdd'"):
         configlib.table_config("t", str(tmp_path / "cfg.py"), rows=[("a", "standard", 0)],
                                surrogates=[], attacks=("fgsm", "pgdd"))
+
+
+def test_the_command_line_keeps_a_persistent_compilation_cache_unless_told_not_to():
+    from robustgan import main
+
+    home = os.path.expanduser("~")
+    assert main.compilation_cache_dir({}) == os.path.join(home, ".cache", "robustgan", "jax")
+    assert main.compilation_cache_dir({"ROBUSTGAN_JAX_CACHE": "/tmp/c"}) == "/tmp/c"
+    assert main.compilation_cache_dir({"ROBUSTGAN_JAX_CACHE": ""}) is None  # off
+    # JAX's own variable: JAX reads it, the command line leaves it alone.
+    assert main.compilation_cache_dir({"JAX_COMPILATION_CACHE_DIR": "/x",
+                                       "ROBUSTGAN_JAX_CACHE": "/tmp/c"}) is None
