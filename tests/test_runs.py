@@ -183,8 +183,8 @@ def test_a_method_without_a_classifier_trains_checkpoints_and_is_not_evaluated(
     assert int(state.step) == 10
 
 
-def test_a_table_trains_a_classifier_free_row_and_evaluates_the_others(
-        with_denoiser, tmp_path):
+def _tiny_config_file(tmp_path):
+    """A config file whose runs are `tiny_config`'s, 2 steps each."""
     config_file = tmp_path / "cfg.py"
     config_file.write_text(
         "import pathlib, sys\n"
@@ -192,6 +192,12 @@ def test_a_table_trains_a_classifier_free_row_and_evaluates_the_others(
         "from helpers import tiny_config\n"
         "def get_config(arg):\n"
         f"    return tiny_config(pathlib.Path({str(tmp_path)!r}), arg, steps=2)\n")
+    return config_file
+
+
+def test_a_table_trains_a_classifier_free_row_and_evaluates_the_others(
+        with_denoiser, tmp_path):
+    config_file = _tiny_config_file(tmp_path)
     config = configlib.table_config("t", str(config_file), surrogates=[], rows=[
         ("G", "denoiser", 0), ("std", "standard", 0)])
     with config.unlocked():
@@ -202,13 +208,7 @@ def test_a_table_trains_a_classifier_free_row_and_evaluates_the_others(
 
 
 def test_a_stopped_table_resumes_from_its_saved_rows_under_the_same_key(tmp_path, monkeypatch):
-    config_file = tmp_path / "cfg.py"
-    config_file.write_text(
-        "import pathlib, sys\n"
-        f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
-        "from helpers import tiny_config\n"
-        "def get_config(arg):\n"
-        f"    return tiny_config(pathlib.Path({str(tmp_path)!r}), arg, steps=2)\n")
+    config_file = _tiny_config_file(tmp_path)
 
     def layout(pgd_steps):
         config = configlib.table_config("t", str(config_file), surrogates=[], attacks=("fgsm",),
