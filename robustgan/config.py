@@ -187,6 +187,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check_range("train_attack.fraction", config.train_attack.fraction, 0.0, 1.0)
     for eps in config.eval.substitute_eps:
         check_range("eval.substitute_eps", eps, 0.0, 1.0)
+    if config.eval.eps in config.eval.substitute_eps:
+        raise ConfigError(f"config.eval.substitute_eps repeats eval.eps={config.eval.eps}, "
+                          "which the 'substitute' column already measures")
     if config.eval.substitute_eps and not config.eval.substitute:
         raise ConfigError("config.eval.substitute_eps is set but config.eval.substitute is "
                           "empty: name the substitute model to craft FGSM on")

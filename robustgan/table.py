@@ -177,8 +177,9 @@ def run_table(config, workdir: str, output: str = "table") -> dict:
                                                               classifier, mesh)
             saved.put(f"{name} (substitute)", key, substitutes[name])
     for name, substitute in substitutes.items():
-        results[name] |= protocol.substitute_columns(substitute)
-        columns += [c for c in protocol.substitute_columns(substitute) if c not in columns]
+        substitute_columns = protocol.substitute_columns(substitute)
+        results[name] |= substitute_columns
+        columns += [c for c in substitute_columns if c not in columns]
     measures = table_measures(table, trained, evaluated, results, cols, dataset, mesh)
     paper = {name: dict(zip(columns, values, strict=False))
              for name, values in table.paper if name in evaluated}

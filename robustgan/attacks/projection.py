@@ -144,8 +144,10 @@ class ProjectionFrontEnd:
     remat: bool = False
     starts: str = "drawn"
 
-    def __call__(self, variables, x, rng=None):
+    def __post_init__(self):
         common.check_choice("starts", self.starts, STARTS)
+
+    def __call__(self, variables, x, rng=None):
         if self.starts == "fixed":
             rng = jax.random.key(FIXED_STARTS_SEED)
         elif rng is None:
