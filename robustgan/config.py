@@ -321,6 +321,9 @@ def table_config(title: str, config_file: str, *, rows, surrogates, attacks=("fg
     # workdir/<output>.md, .json, .png: layouts that share one workdir (and so its
     # trained runs) name their outputs apart.
     c.table.output = "table"
+    # `--mode train` on a table config trains these runs only (() = every run) and
+    # stops: a table's runs spread over machines, then `--mode table` reuses them.
+    c.table.train_runs = ()
     c.progress_bar = True
     attacks_by_name(base_config().eval, c.table.attacks)
     names = [r[0] for r in (*c.table.rows, *c.table.surrogates)]

@@ -4,7 +4,9 @@ Modes: `train` (default: train, then evaluate), `eval` (evaluate the newest
 checkpoint in --workdir), `table` (a table config such as configs/mnist.py:table1:
 train or reuse every run it names under --workdir, then write the table) and `study` (a
 study config such as configs/mnist.py:gradreg_study, dispatched by name to
-robustgan/studies/; `--mode table` runs a study config too).
+robustgan/studies/; `--mode table` runs a study config too). `--mode train` on a table or
+study config trains its runs and stops; with `--config.table.train_runs='("name",)'` those
+runs alone, so that a table's runs can train on several machines at once.
 Override any config key with `--config.key=value`; unknown keys and bad values stop
 before data are loaded or anything is compiled.
 """
@@ -40,7 +42,8 @@ def run(config, workdir: str, mode: str) -> dict:
     from robustgan.evaluate import protocol
 
     kind = "study" if "study" in config else "table" if "table" in config else "run"
-    allowed = {"run": ("train", "eval"), "table": ("table",), "study": ("study", "table")}
+    allowed = {"run": ("train", "eval"), "table": ("table", "train"),
+               "study": ("study", "table", "train")}
     if mode not in allowed[kind]:
         wanted = "run" if mode in ("train", "eval") else mode
         example = {"run": "pgd_at", "table": "table1", "study": "gradreg_study"}[wanted]
@@ -48,6 +51,11 @@ def run(config, workdir: str, mode: str) -> dict:
             f"--mode {mode} needs a {wanted} config (e.g. configs/mnist.py:{example}); "
             f"this is a {kind} config: run it with --mode {allowed[kind][0]}")
     parallel.initialize()
+    if kind != "run" and mode == "train":
+        trained, run_dirs, _ = table.train_runs(config, workdir, config.table.train_runs)
+        for name in trained:
+            print(f"[table] {name} trained in {run_dirs[name]}", flush=True)
+        return {}
     if kind == "study":
         return studies.run(config, workdir)
     if kind == "table":

@@ -27,15 +27,24 @@ from robustgan.errors import ConfigError
 from robustgan.evaluate import protocol
 
 
-def run_name(config, overrides=()) -> str:
+def run_name(config, overrides=(), steps_by_dir=None) -> str:
     """Directory name of a run: method, config options, seed ('pgd_at_cpu_seed1'), and a
-    digest of the overrides that change what it trains, if any."""
+    digest of the overrides that change what it trains, if any. A run that would share
+    its directory with an earlier run of the table (steps_by_dir: name -> its
+    num_train_steps, updated here) trained to another length gets '_steps<N>': a row
+    at equal wall time beside one at equal updates."""
     resumable = configlib.resumable_keys(config)
     trained = sorted((k, v) for k, v in overrides if not configlib.is_resumable(k, resumable))
     parts = [config.method, *filter(None, config.options.split(",")), f"seed{config.seed}"]
     if trained:
         parts.append(hashlib.sha1(json.dumps(trained).encode()).hexdigest()[:8])
-    return "_".join(parts)
+    name = "_".join(parts)
+    if steps_by_dir is None:
+        return name
+    if steps_by_dir.setdefault(name, config.num_train_steps) != config.num_train_steps:
+        name = f"{name}_steps{config.num_train_steps}"
+        steps_by_dir[name] = config.num_train_steps
+    return name
 
 
 def table_run_config(table, run, progress: bool, run_dirs: dict[str, str]):
@@ -66,17 +75,27 @@ def table_run_config(table, run, progress: bool, run_dirs: dict[str, str]):
     return config
 
 
-def train_runs(config, workdir: str):
+def train_runs(config, workdir: str, only=()):
     """Trains (or reuses, or resumes) every run config.table names, rows then surrogates,
-    each in workdir/<run_name>. Returns ({name: (run config, Classifier or None)},
-    {name: run directory}, the dataset)."""
+    each in workdir/<run_name>; `only` (names) trains those runs alone, the runs they
+    reference already trained (by another process: a table's runs spread over
+    machines). Returns ({name: (run config, Classifier or None)}, {name: run
+    directory}, the dataset)."""
     table = config.table
+    names = [run[0] for run in (*table.rows, *table.surrogates)]
+    unknown = [name for name in only if name not in names]
+    if unknown:
+        raise ConfigError(f"table.train_runs names {unknown}, not runs of the table "
+                          f"({names})")
     os.makedirs(workdir, exist_ok=True)
-    trained, run_dirs = {}, {}
+    trained, run_dirs, dataset, steps_by_dir = {}, {}, None, {}
     for run in (*table.rows, *table.surrogates):
         name, arg, seed, overrides = run
         run_config = table_run_config(table, run, config.progress_bar, run_dirs)
-        run_dir = run_dirs[name] = os.path.join(workdir, run_name(run_config, overrides))
+        run_dir = run_dirs[name] = os.path.join(
+            workdir, run_name(run_config, overrides, steps_by_dir))
+        if only and name not in only:
+            continue
         print(f"[table] {name}: {arg} seed {seed} in {run_dir}", flush=True)
         dataset, method, state = train.train(run_config, run_dir)
         trained[name] = (run_config, runs.evaluated_classifier(run_config, method, state))

@@ -123,6 +123,13 @@ def train(config, workdir: str):
     ckpts = checkpoint.Checkpoints(os.path.join(workdir, runs.CHECKPOINTS),
                                    config.keep_checkpoints)
     start = ckpts.latest_step() or 0
+    if start > config.num_train_steps:
+        if config.num_train_steps not in ckpts.steps():
+            raise ConfigError(
+                f"{workdir} has trained to step {start}, past num_train_steps="
+                f"{config.num_train_steps}, whose checkpoint was not kept (steps "
+                f"{ckpts.steps()}): use another --workdir for the shorter run")
+        start = config.num_train_steps
     if start:
         runs.check_same_run(config, workdir)
         state = ckpts.restore(state, start)

@@ -247,3 +247,39 @@ def test_a_stopped_table_resumes_from_its_saved_rows_under_the_same_key(tmp_path
         json.dump(saved, f)
     with pytest.raises(AssertionError, match="evaluated a row"):  # another key: recomputed
         table.run_table(layout(3), workdir)
+
+
+def test_a_table_s_runs_train_apart_and_equal_time_rows_get_their_own_directory(tmp_path):
+    config_file = _tiny_config_file(tmp_path)
+    config = configlib.table_config("t", str(config_file), surrogates=[], attacks=("fgsm",), rows=[
+        ("short", "standard", 0), ("long", "standard", 0, {"num_train_steps": 4})])
+    workdir = str(tmp_path / "table")
+    with config.unlocked():
+        config.progress_bar = False
+        config.table.train_runs = ("long",)  # trained first, by another process
+    assert main.run(config, workdir, "train") == {}
+    assert os.listdir(workdir) == ["standard_seed0_steps4"]
+    with config.unlocked():
+        config.table.train_runs = ("missing",)
+    with pytest.raises(ConfigError, match="not runs of the table"):
+        main.run(config, workdir, "train")
+    with pytest.raises(ConfigError, match="--mode eval needs a run config"):
+        main.run(config, workdir, "eval")
+    with config.unlocked():
+        config.table.train_runs = ()
+    trained, run_dirs, _ = table.train_runs(config, workdir)
+    assert run_dirs == {"short": os.path.join(workdir, "standard_seed0"),
+                        "long": os.path.join(workdir, "standard_seed0_steps4")}
+    assert runs.load_run(run_dirs["short"]).step == 2
+    assert runs.load_run(run_dirs["long"]).step == 4
+
+
+def test_a_run_trained_past_its_steps_gives_that_step_s_checkpoint_or_refuses(tmp_path):
+    workdir = str(tmp_path / "run")
+    _, _, four = train.train(tiny_config(tmp_path, "standard", steps=4), workdir)
+    train.train(tiny_config(tmp_path, "standard", steps=8), workdir)  # checkpoints 4 and 8
+    _, _, again = train.train(tiny_config(tmp_path, "standard", steps=4), workdir)
+    assert int(again.step) == 4
+    np.testing.assert_array_equal(flat(again.params), flat(four.params))
+    with pytest.raises(ConfigError, match="past num_train_steps=2, whose checkpoint was not kept"):
+        train.train(tiny_config(tmp_path, "standard", steps=2), workdir)
