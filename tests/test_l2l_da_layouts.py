@@ -73,12 +73,14 @@ def test_every_layout_validates_with_equal_classifier_budgets(arg):
 def test_table2_columns_and_the_papers_numbers_line_up():
     config = configlib.load_config_file(f"{MNIST}:l2l_da_table2_cpu")
     assert [name for name, *_ in config.table.rows] == [
-        "Plain", "PGD10", recipe.EQUAL_TIME_ROW, "PGD100", "C&W100", "L2L*", "L2L-DA (full)"]
+        "Plain", "PGD10", recipe.EQUAL_TIME_ROW, recipe.HALF_CLEAN_ROW, "PGD100", "C&W100",
+        "L2L*", "L2L-DA (full)"]
     cols = columns(config)
     assert cols == ["clean", "fgsm", "pgd10", "pgd100", "cw100", "cw1000", "advgan", "gap",
                     "l2l_da", "apgd_ce", "apgd_dlr", "min"]
     paper = dict(config.table.paper)
-    assert set(paper) == {name for name, *_ in config.table.rows} - {recipe.EQUAL_TIME_ROW}
+    assert set(paper) == {name for name, *_ in config.table.rows} - {
+        recipe.EQUAL_TIME_ROW, recipe.HALF_CLEAN_ROW}
     full = dict(zip(cols, paper["L2L-DA (full)"], strict=False))
     assert full == {"clean": 98.47, "fgsm": 97.87, "pgd10": 95.70, "pgd100": 95.15,
                     "cw100": 97.26, "cw1000": 95.26, "advgan": 95.72, "gap": 96.92,
@@ -88,6 +90,9 @@ def test_table2_columns_and_the_papers_numbers_line_up():
     pgd10 = configs["PGD10"].train_attack
     assert (pgd10.steps, pgd10.step_size, pgd10.random_start, pgd10.loss) == (
         10, 0.075, True, "ce")
+    half_clean = configs[recipe.HALF_CLEAN_ROW]
+    assert (half_clean.train_attack.fraction, half_clean.num_train_steps) == (0.5, recipe.CPU_STEPS)
+    assert half_clean.train_attack.to_dict() == {**pgd10.to_dict(), "fraction": 0.5}
     assert (configs["PGD100"].train_attack.steps, configs["PGD100"].train_attack.loss) == (
         100, "ce")
     assert (configs["C&W100"].train_attack.steps, configs["C&W100"].train_attack.loss) == (
