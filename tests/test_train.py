@@ -275,8 +275,8 @@ def test_table_mode_trains_runs_and_lays_out_white_and_transfer_columns(tmp_path
     logged = open(log).read()
     table.train_runs(config, workdir)
     assert open(log).read() == logged
-    with pytest.raises(ConfigError, match="table config"):
-        main.run(config, workdir, "train")
+    with pytest.raises(ConfigError, match="this is a table config"):
+        main.run(config, workdir, "eval")
     # An override that changes training gets a run of its own.
     run = ("fast", "standard", 0, (("optimizer.learning_rate", 0.01),))
     name = table.run_name(table.table_run_config(config.table, run, False, {}), run[3])
