@@ -51,7 +51,7 @@ CPU_STEPS = 100
 # Table 2's claim tested at equal wall time too: an l2l_da train step against a pgd_at
 # (PGD-10) one, both LeNet-5 at batch 100 on this CPU (one device, load average 5 from
 # two other jobs, commit 4c0c12c): about 50 s against 0.53 s. The row 'PGD10 (equal
-# time)' takes this many times CPU_STEPS updates. MNIST at commit 62b9f1c, the two trained
+# time)' takes this many times CPU_STEPS updates. MNIST at commit 21e5c7f, the two trained
 # side by side on one core each: L2L-DA's 100 updates in 69.5 minutes, PGD10's 9,500 in
 # 61.9 (89% of L2L-DA's time; docs/l2l_da.md).
 L2L_DA_OVER_PGD10_STEP_TIME = 95
