@@ -59,28 +59,28 @@ def test_every_layout_validates_with_equal_classifier_budgets(arg):
         assert c.model.name == "lenet5" and c.batch_size == 100 and c.eval.eps == 0.3
         if name in starts:
             assert (c.method, c.num_train_steps) == ("standard", recipe.CLEAN_START_STEPS)
-        elif name == recipe.EQUAL_TIME_ROW:  # PGD10 at L2L-DA's wall time
+        elif name in (recipe.EQUAL_TIME_ROW, recipe.HALF_CLEAN_EQUAL_TIME_ROW):  # L2L-DA's time
             assert (c.method, c.num_train_steps) == (
                 "pgd_at", recipe.CPU_STEPS * recipe.L2L_DA_OVER_PGD10_STEP_TIME)
         else:
             assert c.num_train_steps == recipe.CPU_STEPS, name
             assert c.init_from.run in {f"runs/{s}" for s in starts}, name
     budgets = {configs[n].num_train_steps for n, *_ in config.table.rows
-               if n not in starts | {recipe.EQUAL_TIME_ROW}}
+               if n not in starts | {recipe.EQUAL_TIME_ROW, recipe.HALF_CLEAN_EQUAL_TIME_ROW}}
     assert budgets == {recipe.CPU_STEPS}
 
 
 def test_table2_columns_and_the_papers_numbers_line_up():
     config = configlib.load_config_file(f"{MNIST}:l2l_da_table2_cpu")
     assert [name for name, *_ in config.table.rows] == [
-        "Plain", "PGD10", recipe.EQUAL_TIME_ROW, recipe.HALF_CLEAN_ROW, "PGD100", "C&W100",
-        "L2L*", "L2L-DA (full)"]
+        "Plain", "PGD10", recipe.EQUAL_TIME_ROW, recipe.HALF_CLEAN_ROW,
+        recipe.HALF_CLEAN_EQUAL_TIME_ROW, "PGD100", "C&W100", "L2L*", "L2L-DA (full)"]
     cols = columns(config)
     assert cols == ["clean", "fgsm", "pgd10", "pgd100", "cw100", "cw1000", "advgan", "gap",
                     "l2l_da", "apgd_ce", "apgd_dlr", "min"]
     paper = dict(config.table.paper)
     assert set(paper) == {name for name, *_ in config.table.rows} - {
-        recipe.EQUAL_TIME_ROW, recipe.HALF_CLEAN_ROW}
+        recipe.EQUAL_TIME_ROW, recipe.HALF_CLEAN_ROW, recipe.HALF_CLEAN_EQUAL_TIME_ROW}
     full = dict(zip(cols, paper["L2L-DA (full)"], strict=False))
     assert full == {"clean": 98.47, "fgsm": 97.87, "pgd10": 95.70, "pgd100": 95.15,
                     "cw100": 97.26, "cw1000": 95.26, "advgan": 95.72, "gap": 96.92,
@@ -93,6 +93,9 @@ def test_table2_columns_and_the_papers_numbers_line_up():
     half_clean = configs[recipe.HALF_CLEAN_ROW]
     assert (half_clean.train_attack.fraction, half_clean.num_train_steps) == (0.5, recipe.CPU_STEPS)
     assert half_clean.train_attack.to_dict() == {**pgd10.to_dict(), "fraction": 0.5}
+    both = configs[recipe.HALF_CLEAN_EQUAL_TIME_ROW]
+    assert both.train_attack.to_dict() == half_clean.train_attack.to_dict()
+    assert both.num_train_steps == configs[recipe.EQUAL_TIME_ROW].num_train_steps
     assert (configs["PGD100"].train_attack.steps, configs["PGD100"].train_attack.loss) == (
         100, "ce")
     assert (configs["C&W100"].train_attack.steps, configs["C&W100"].train_attack.loss) == (
