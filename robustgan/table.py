@@ -136,11 +136,16 @@ class RowResults:
             os.remove(self.path)
 
 
+# Run config keys that change how a run is kept and shown, not what it scores.
+BOOKKEEPING_KEYS = ("checkpoint_every", "keep_checkpoints", "log_every", "progress_bar")
+
+
 def row_key(table, run_config, run_dirs: dict[str, str]) -> str:
     """What a row's results depend on besides the code: its run config (run references
-    resolved to directories, evaluation settings included), the columns and the
-    surrogates' runs."""
-    key = {"config": run_config.to_json_best_effort(sort_keys=True),
+    resolved to directories, evaluation settings included, BOOKKEEPING_KEYS left out),
+    the columns and the surrogates' runs."""
+    config = {k: v for k, v in run_config.to_dict().items() if k not in BOOKKEEPING_KEYS}
+    key = {"config": json.dumps(config, sort_keys=True, default=str),
            "attacks": list(table.attacks),
            "surrogates": [run_dirs[name] for name, *_ in table.surrogates]}
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()
