@@ -324,6 +324,10 @@ def table_config(title: str, config_file: str, *, rows, surrogates, attacks=("fg
     # `--mode train` on a table config trains these runs only (() = every run) and
     # stops: a table's runs spread over machines, then `--mode table` reuses them.
     c.table.train_runs = ()
+    # `--mode table` scores these rows only (() = every row, then the table is written),
+    # their runs and the surrogates already trained: a table's evaluation spread over
+    # machines in one workdir; their results wait in <output>.partial.json.
+    c.table.score_rows = ()
     c.progress_bar = True
     attacks_by_name(base_config().eval, c.table.attacks)
     names = [r[0] for r in (*c.table.rows, *c.table.surrogates)]

@@ -85,8 +85,8 @@ def train_runs(config, workdir: str, only=()):
     names = [run[0] for run in (*table.rows, *table.surrogates)]
     unknown = [name for name in only if name not in names]
     if unknown:
-        raise ConfigError(f"table.train_runs names {unknown}, not runs of the table "
-                          f"({names})")
+        raise ConfigError(f"table.train_runs or score_rows names {unknown}, not runs of "
+                          f"the table ({names})")
     os.makedirs(workdir, exist_ok=True)
     trained, run_dirs, dataset, steps_by_dir = {}, {}, None, {}
     for run in (*table.rows, *table.surrogates):
@@ -125,6 +125,9 @@ class RowResults:
         return entry["results"]
 
     def put(self, name: str, key: str, results) -> None:
+        if os.path.exists(self.path):  # rows another process scored (table.score_rows)
+            with open(self.path) as f:
+                self.saved = json.load(f) | self.saved
         self.saved[name] = {"key": key, "results": copy.deepcopy(results)}
         if jax.process_index() == 0:
             with open(self.path + ".tmp", "w") as f:
@@ -157,9 +160,15 @@ def run_table(config, workdir: str, output: str = "table") -> dict:
     saved as soon as they are computed (`RowResults`): run the same command again after
     a stop and the evaluation resumes from the next row."""
     table = config.table
-    trained, run_dirs, dataset = train_runs(config, workdir)
+    rows = [name for name, *_ in table.rows]
+    surrogate_runs = [name for name, *_ in table.surrogates]
+    outside = [name for name in table.score_rows if name not in rows]
+    if outside:
+        raise ConfigError(f"table.score_rows names {outside}, not rows of the table ({rows})")
+    only = (*table.score_rows, *surrogate_runs) if table.score_rows else ()
+    trained, run_dirs, dataset = train_runs(config, workdir, only)
     saved = RowResults(os.path.join(workdir, f"{output}.partial.json"))
-    evaluated = [name for name, *_ in table.rows if trained[name][1] is not None]
+    evaluated = [name for name in rows if name in trained and trained[name][1] is not None]
     if not evaluated:
         raise ConfigError("no row of the table trains a classifier: nothing to evaluate")
     first_config = trained[evaluated[0]][0]
@@ -167,7 +176,9 @@ def run_table(config, workdir: str, output: str = "table") -> dict:
     surrogates = [name for name, *_ in table.surrogates]
     sources = {name: trained[name][1] for name in surrogates}
     mesh = parallel.make_mesh()
-    results, transfer_generators = {}, {}
+    # Transfer columns' examples do not depend on the evaluated row: crafted once per
+    # setting they are crafted under (seed, evaluation settings, data range).
+    results, transfer_generators, crafted = {}, {}, {}
     for name in evaluated:
         run_config, classifier = trained[name]
         cols = protocol.white_box_columns(run_config.eval, table.attacks)
@@ -181,12 +192,17 @@ def run_table(config, workdir: str, output: str = "table") -> dict:
             cols, classifier, dataset, value_range=run_config.data.value_range,
             rng=protocol.generator_keys(run_config), mesh=mesh, sources=sources,
             run_dirs=run_dirs, trained=transfer_generators, progress=config.progress_bar)
+        batching = dict(batch_size=run_config.eval.batch_size,
+                        value_range=run_config.data.value_range, mesh=mesh,
+                        rng=jax.random.key(run_config.seed + 2), progress=config.progress_bar)
+        setting = json.dumps([run_config.seed, run_config.eval.to_dict(),
+                              list(run_config.data.value_range)], sort_keys=True)
+        if setting not in crafted:
+            crafted[setting] = protocol.craft_transfer_examples(
+                trained_cols, sources, x, y, **batching)
         results[name] = protocol.accuracy_under_attacks(
-            classifier, x, y, trained_cols, sources=sources,
-            batch_size=run_config.eval.batch_size,
-            value_range=run_config.data.value_range, mesh=mesh,
-            rng=jax.random.key(run_config.seed + 2), progress=config.progress_bar,
-        )
+            classifier, x, y, trained_cols, sources=sources, crafted=crafted[setting],
+            **batching)
         saved.put(name, key, results[name])
     columns = [*cols, "min"]
     substitutes = {}
@@ -204,7 +220,12 @@ def run_table(config, workdir: str, output: str = "table") -> dict:
         substitute_columns = protocol.substitute_columns(substitute)
         results[name] |= substitute_columns
         columns += [c for c in substitute_columns if c not in columns]
-    measures = table_measures(table, trained, evaluated, results, cols, dataset, mesh)
+    if table.score_rows:
+        print(f"[table] rows {list(table.score_rows)} scored into {saved.path}; --mode table "
+              "without score_rows writes the table", flush=True)
+        return results
+    measures = table_measures(table, trained, evaluated, results, cols, dataset, mesh,
+                              saved, run_dirs)
     paper = {name: dict(zip(columns, values, strict=False))
              for name, values in table.paper if name in evaluated}
     e = first_config.eval
@@ -239,11 +260,13 @@ def run_table(config, workdir: str, output: str = "table") -> dict:
     return results
 
 
-def table_measures(table, trained, evaluated, results, cols, dataset, mesh) -> dict:
+def table_measures(table, trained, evaluated, results, cols, dataset, mesh, saved,
+                   run_dirs) -> dict:
     """Protocol measures of every evaluated row whose config asks for them. Accuracy at
     0.2/0.5/1.0 eps_ref is at the eps_ref of table.eps_ref_row (default the first row),
     as Deep Defense compares models; white box against transfer is judged over the
-    evaluation split's size."""
+    evaluation split's size. Each row's measures are kept in `saved` (RowResults) under
+    its row key and the reference's eps_ref, as its results are."""
     wanted = [name for name in evaluated if trained[name][0].eval.measures]
     reference = table.eps_ref_row or evaluated[0]
     if reference not in evaluated:
@@ -254,11 +277,15 @@ def table_measures(table, trained, evaluated, results, cols, dataset, mesh) -> d
         run_config, classifier = trained[name]
         row = results[name]
         transfer = [row[c] for c, col in cols.items() if col.source is not None]
-        measures[name] = protocol.protocol_measures(
-            run_config, dataset, classifier, mesh, white_box_accuracy=row.get("pgd"),
-            transfer_accuracy=min(transfer) if transfer else None,
-            evaluation_examples=row["num_examples"],
-            reference_eps=None if eps_ref is None else (reference, eps_ref))
+        reference_eps = None if eps_ref is None else (reference, eps_ref)
+        key = row_key(table, run_config, run_dirs) + json.dumps(reference_eps, default=float)
+        measures[name] = saved.get(f"{name} (measures)", key)
+        if measures[name] is None:
+            measures[name] = protocol.protocol_measures(
+                run_config, dataset, classifier, mesh, white_box_accuracy=row.get("pgd"),
+                transfer_accuracy=min(transfer) if transfer else None,
+                evaluation_examples=row["num_examples"], reference_eps=reference_eps)
+            saved.put(f"{name} (measures)", key, measures[name])
         if name == reference:
             eps_ref = measures[name]["eps_ref"]
     return {name: measures[name] for name in wanted}

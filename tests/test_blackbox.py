@@ -92,6 +92,31 @@ def test_per_example_transfer_combines_into_a_worst_case():
         blackbox.transfer_correct(target, linear_classifier(bounds=(-1.0, 1.0)), x, y, FGSM, **args)
 
 
+def test_transfer_examples_crafted_once_score_every_target_as_crafted_in_place():
+    """A table crafts its transfer columns once (protocol.craft_transfer_examples) and
+    scores each row on them: the same numbers as crafting inside each call."""
+    surrogate, x, y = linear_classifier(seed=3), *uint8_eval_data()
+    columns = {"clean": protocol.Column(), "pgd": protocol.Column(PGD),
+               "pgd(s)": protocol.Column(PGD, source="s"),
+               "fgsm(s)": protocol.Column(FGSM, source="s")}
+    args = dict(batch_size=BATCH, value_range=(0.0, 1.0), mesh=parallel.make_mesh(1),
+                rng=key(), progress=False)
+    crafted = protocol.craft_transfer_examples(columns, {"s": surrogate}, x, y, **args)
+    assert list(crafted) == ["pgd(s)", "fgsm(s)"]
+    for trained, target in ((True, trained_mlp()), (False, linear_classifier(seed=4))):
+        in_place = protocol.accuracy_under_attacks(target, x, y, columns,
+                                                   sources={"s": surrogate}, **args)
+        shared = protocol.accuracy_under_attacks(target, x, y, columns, crafted=crafted,
+                                                 sources={"s": surrogate}, **args)
+        assert shared == in_place
+        # The crafted examples are what is scored: clean images there score as clean.
+        clean = {name: x / np.float32(255) for name in crafted}
+        unattacked = protocol.accuracy_under_attacks(target, x, y, columns, crafted=clean,
+                                                     sources={"s": surrogate}, **args)
+        assert unattacked["pgd(s)"] == unattacked["fgsm(s)"] == in_place["clean"]
+        assert in_place["fgsm(s)"] < in_place["clean"] or not trained  # the attack transfers
+
+
 def test_substitute_fgsm_attacks_the_substitutes_predicted_labels_by_default():
     oracle = trained_mlp()
     substitute = linear_classifier(seed=3)  # a poor substitute: it mispredicts many images

@@ -145,11 +145,13 @@ def test_table3_transfers_from_plain_fgsm_and_pgd_surrogates():
     config = configlib.load_config_file(f"{MNIST}:l2l_da_table3_cpu")
     configs = run_configs(config)
     assert [name for name, *_ in config.table.rows] == [
-        "Plain", "PGD10", "PGD100", "C&W100", "L2L*", "L2L-DA (full)"]
+        "Plain", "PGD10", recipe.HALF_CLEAN_ROW, "PGD100", "C&W100", "L2L*", "L2L-DA (full)"]
     fgsm, pgd = configs["B"].train_attack, configs["C"].train_attack
-    # FGSM training: one step of the whole eps from x (Eq. 2).
-    assert (fgsm.steps, fgsm.step_size, fgsm.random_start) == (1, 0.3, False)
-    assert (pgd.steps, pgd.step_size, pgd.random_start) == (10, 0.075, True)
+    # FGSM training: one step of the whole eps from x (Eq. 2); both on half-clean batches
+    # (adversarial batches alone collapse to a constant surrogate at this scale).
+    assert (fgsm.steps, fgsm.step_size, fgsm.random_start, fgsm.fraction) == (
+        1, 0.3, False, 0.5)
+    assert (pgd.steps, pgd.step_size, pgd.random_start, pgd.fraction) == (10, 0.075, True, 0.5)
     assert {configs[s].seed for s in "ABC"} == {1}
     assert columns(config) == ["clean", "l2l_da", "pgd10", "pgd100"] + [
         f"{attack}({s})" for s in "ABC" for attack in ("l2l_da", "pgd10", "pgd100")] + ["min"]
@@ -261,7 +263,7 @@ def test_figure2_study_writes_max_and_std_per_step(tiny_workdir):
         config.progress_bar = False
     with jax.default_prng_impl("rbg"):  # faster to compile on CPU
         curves = studies.run(config, str(tmp_path))
-    assert list(curves) == ["PGD10", "L2L-DA (full)"]
+    assert list(curves) == [recipe.HALF_CLEAN_ROW, "L2L-DA (full)"]
     for attacks_ in curves.values():
         assert list(attacks_) == ["PGD", "L2L", "L2L-DA"]
         for c in attacks_.values():
@@ -275,14 +277,14 @@ def test_figure2_study_writes_max_and_std_per_step(tiny_workdir):
     assert saved["curves"] == curves and saved["steps"] == 3
     assert os.path.getsize(tmp_path / "l2l_da_recursion.png") > 0
     assert "t=3" in (tmp_path / "l2l_da_recursion.md").read_text()
-    # PGD's last step against attacks.pgd on the trained PGD10 classifier, same images.
-    run = runs.load_run(os.path.join(tmp_path, saved["runs"]["PGD10"]))
+    # PGD's last step against attacks.pgd on the trained half-clean PGD10 classifier, same images.
+    run = runs.load_run(os.path.join(tmp_path, saved["runs"][recipe.HALF_CLEAN_ROW]))
     x, y = protocol.eval_split(run.config, data.load_dataset(run.config.data))
     x = jnp.asarray(data.scale(x, run.config.data.value_range))
     classifier = run.classifier()
     x_adv = attacks.pgd(classifier, x, y, jax.random.key(0), eps=0.3, step_size=0.075, steps=3,
                         random_start=False)
-    np.testing.assert_allclose(curves["PGD10"]["PGD"]["max"][-1],
+    np.testing.assert_allclose(curves[recipe.HALF_CLEAN_ROW]["PGD"]["max"][-1],
                                cross_entropy(classifier.logits(x_adv), y).mean(), rtol=1e-4)
 
 
@@ -291,7 +293,8 @@ def test_cifar10_layout_is_resnet20_at_a_cpu_scale_with_the_papers_cifar_numbers
                                                      "l2l_da_table2_cpu"))
     assert config.table.eval_num_examples == recipe.CIFAR_CPU_EXAMPLES
     configs = run_configs(config)
-    assert list(configs) == ["Plain", "PGD10", "PGD100", "C&W100", "L2L*", "L2L-DA (full)"]
+    assert list(configs) == ["Plain", "PGD10", recipe.HALF_CLEAN_ROW, "PGD100", "C&W100", "L2L*",
+                             "L2L-DA (full)"]
     for name, c in configs.items():
         assert c.model.name == "d2" and c.eval.eps == pytest.approx(8 / 255)
         assert c.num_train_steps == (recipe.CIFAR_CLEAN_START_STEPS if name == "Plain"

@@ -218,6 +218,8 @@ def test_a_stopped_table_resumes_from_its_saved_rows_under_the_same_key(tmp_path
                                             "eval.substitute_seed_size": 16,
                                             "eval.substitute_rounds": 1,
                                             "eval.substitute_epochs": 1,
+                                            "eval.measures": True,
+                                            "eval.deepfool_steps": 3,
                                             "eval.measure_examples": 32})])
         with config.unlocked():
             config.progress_bar = False
@@ -232,6 +234,8 @@ def test_a_stopped_table_resumes_from_its_saved_rows_under_the_same_key(tmp_path
         saved = json.load(f)
     assert saved["std"]["results"] == {k: v for k, v in first["std"].items() if k != "substitute"}
     assert saved["std (substitute)"]["results"]["fgsm_accuracy"] == first["std"]["substitute"]
+    with open(os.path.join(workdir, "table.json")) as f:
+        assert saved["std (measures)"]["results"] == json.load(f)["measures"]["std"]
     saved["std"]["results"]["clean"] = 0.25  # a marker: reused, not recomputed
     with open(partial, "w") as f:
         json.dump(saved, f)
@@ -241,6 +245,7 @@ def test_a_stopped_table_resumes_from_its_saved_rows_under_the_same_key(tmp_path
 
     monkeypatch.setattr(table.protocol, "accuracy_under_attacks", no_evaluation)
     monkeypatch.setattr(table.protocol, "substitute_black_box", no_evaluation)
+    monkeypatch.setattr(table.protocol, "protocol_measures", no_evaluation)
     kept_otherwise = layout(10)  # checkpointing and logging do not change the scores
     kept_otherwise.table.rows = tuple((*row[:3], (*row[3], ("checkpoint_every", 1)))
                                       for row in kept_otherwise.table.rows)
@@ -252,7 +257,8 @@ def test_a_stopped_table_resumes_from_its_saved_rows_under_the_same_key(tmp_path
         table.run_table(layout(3), workdir)
 
 
-def test_a_table_s_runs_train_apart_and_equal_time_rows_get_their_own_directory(tmp_path):
+def test_a_table_s_runs_train_and_score_apart_and_equal_time_rows_get_their_own_directory(
+        tmp_path, monkeypatch):
     config_file = _tiny_config_file(tmp_path)
     config = configlib.table_config("t", str(config_file), surrogates=[], attacks=("fgsm",), rows=[
         ("short", "standard", 0), ("long", "standard", 0, {"num_train_steps": 4})])
@@ -275,6 +281,25 @@ def test_a_table_s_runs_train_apart_and_equal_time_rows_get_their_own_directory(
                         "long": os.path.join(workdir, "standard_seed0_steps4")}
     assert runs.load_run(run_dirs["short"]).step == 2
     assert runs.load_run(run_dirs["long"]).step == 4
+    # Rows scored apart (table.score_rows) wait in the partial file; the table reuses them.
+    with config.unlocked():
+        config.table.score_rows = ("long",)
+    assert list(main.run(config, workdir, "table")) == ["long"]
+    assert not os.path.exists(os.path.join(workdir, "table.md"))
+    with open(os.path.join(workdir, "table.partial.json")) as f:
+        assert list(json.load(f)) == ["long"]
+    scored = []
+    score = table.protocol.accuracy_under_attacks
+    monkeypatch.setattr(table.protocol, "accuracy_under_attacks",
+                        lambda clf, *a, **k: scored.append(clf) or score(clf, *a, **k))
+    with config.unlocked():
+        config.table.score_rows = ()
+    assert list(main.run(config, workdir, "table")) == ["short", "long"]
+    assert len(scored) == 1 and os.path.exists(os.path.join(workdir, "table.md"))
+    with config.unlocked():
+        config.table.score_rows = ("nothing",)
+    with pytest.raises(ConfigError, match="score_rows names"):
+        main.run(config, workdir, "table")
 
 
 def test_a_run_trained_past_its_steps_gives_that_step_s_checkpoint_or_refuses(tmp_path):

@@ -188,8 +188,9 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_table_mode_trains_runs_and_lays_out_white_and_transfer_columns(tmp_path):
+def test_table_mode_trains_runs_and_lays_out_white_and_transfer_columns(tmp_path, monkeypatch):
     from robustgan import table
+    from robustgan.evaluate import protocol
 
     config_file = tmp_path / "tiny_cfg.py"
     config_file.write_text(
@@ -221,8 +222,14 @@ def test_table_mode_trains_runs_and_lays_out_white_and_transfer_columns(tmp_path
         config.progress_bar = False
         config.table.output = "tiny"  # the outputs' file names
     workdir = str(tmp_path / "table")
+    crafted = []  # transfer examples, crafted once per evaluation setting, not per row
+    craft = protocol.craft_transfer_examples
+    monkeypatch.setattr(protocol, "craft_transfer_examples",
+                        lambda *a, **k: crafted.append(craft(*a, **k)) or crafted[-1])
     results = main.run(config, workdir, "table")
     assert list(results) == ["std", "adv", "std pgd-3"]
+    assert len(crafted) == 2 and list(crafted[0]) == ["fgsm(S')", "pgd(S')"]
+    assert results["std pgd-3"]["fgsm(S')"] == results["std"]["fgsm(S')"]
     assert list(results["adv"]) == [
         "clean", "fgsm", "pgd", "fgsm(S')", "pgd(S')", "min", "num_examples"]
     for row in results.values():

@@ -14,6 +14,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from robustgan import attacks, data, methods, models, runs
 from robustgan.errors import ConfigError
@@ -48,15 +49,42 @@ def transfer_columns(eval_config, specs, surrogates) -> dict[str, Column]:
             for label, fn in fns.items()}
 
 
+def _column_key(key, columns, name):
+    """Column `name`'s key in a batch with key `key`: folded with its position."""
+    return jax.random.fold_in(key, list(columns).index(name))
+
+
+def craft_transfer_examples(columns: dict[str, Column], sources, x, y, *, batch_size: int,
+                            value_range, mesh, rng, progress: bool = True) -> dict:
+    """{name: examples} of `columns`' transfer columns, crafted on their surrogates in
+    `sources`, keyed as accuracy_under_attacks keys its columns. They do not depend on the
+    evaluated classifier, so a table crafts them once for all its rows."""
+    transfer = {name: c for name, c in columns.items() if c.source is not None}
+
+    @jax.jit
+    def craft(srcs, xb, yb, key):
+        return {name: xb if c.attack is None else c.attack(
+            srcs[c.source], xb, yb, _column_key(key, columns, name))
+            for name, c in transfer.items()}
+
+    if not transfer:
+        return {}
+    examples = map_batches(craft, sources, x, y, batch_size=batch_size, rng=rng,
+                           value_range=value_range, mesh=mesh, progress=progress)
+    return {name: examples[name] for name in transfer}  # in column order
+
+
 def accuracy_under_attacks(
     classifier, x, y, columns: dict[str, Column], *, batch_size: int, value_range, mesh,
-    rng, sources=None, progress: bool = True,
+    rng, sources=None, crafted=None, progress: bool = True,
 ) -> dict[str, float]:
     """Accuracy of `classifier` on (x uint8, y) in each column, plus 'min': the fraction
     of examples classified correctly in every column (per-example worst case).
 
-    `sources` maps surrogate names to Classifiers for transfer columns. Batches are
-    padded to one shape and masked, and sharded over the mesh.
+    `sources` maps surrogate names to Classifiers for transfer columns; `crafted` holds
+    their examples from `craft_transfer_examples` with the same x, y, batch_size and rng
+    (crafted here when None). Batches are padded to one shape and masked, and sharded
+    over the mesh; the classifier sees batch i with key fold_in(rng, i) in every column.
     """
     sources = sources or {}
     missing = {c.source for c in columns.values() if c.source} - set(sources)
@@ -66,22 +94,29 @@ def accuracy_under_attacks(
     if untrained:
         raise ValueError(f"generator columns {untrained} are not trained: "
                          "train_generator_columns first")
+    batching = dict(batch_size=batch_size, mesh=mesh, rng=rng)
+    if crafted is None:
+        crafted = craft_transfer_examples(columns, sources, x, y, value_range=value_range,
+                                          progress=progress, **batching)
+    white_box = {name: c for name, c in columns.items() if c.source is None}
 
     @jax.jit
-    def correct(tree, xb, yb, key):
-        clf, srcs = tree
-        out = {}
-        for i, (name, col) in enumerate(columns.items()):
-            crafter = clf if col.source is None else srcs[col.source]
-            x_in = xb if col.attack is None else col.attack(
-                crafter, xb, yb, jax.random.fold_in(key, i))
-            out[name] = clf.logits(x_in, key).argmax(-1) == yb
-        out["min"] = functools.reduce(jnp.logical_and, out.values())
-        return out
+    def correct(clf, xb, yb, key):
+        return {name: clf.logits(xb if c.attack is None else c.attack(
+            clf, xb, yb, _column_key(key, columns, name)), key).argmax(-1) == yb
+            for name, c in white_box.items()}
 
-    per_example = map_batches(correct, (classifier, sources), x, y, batch_size=batch_size,
-                              rng=rng, value_range=value_range, mesh=mesh, progress=progress)
-    # In column order (the pytree round trip sorts the keys).
+    @jax.jit
+    def correct_on(clf, xb, yb, key):
+        return clf.logits(xb, key).argmax(-1) == yb
+
+    per_example = map_batches(correct, classifier, x, y, value_range=value_range,
+                              progress=progress, **batching) if white_box else {}
+    for name in columns:
+        if name not in white_box:
+            per_example[name] = map_batches(correct_on, classifier, crafted[name], y,
+                                            value_range=None, **batching)
+    per_example["min"] = functools.reduce(np.logical_and, [per_example[k] for k in columns])
     return {k: float(per_example[k].mean()) for k in [*columns, "min"]} | {
         "num_examples": len(y)}
 

@@ -59,6 +59,7 @@ EQUAL_TIME_ROW = "PGD10 (equal time)"
 # And on L2L-DA's classifier loss: Algorithm 1 steps on CE(x) + CE(x_adv), PGD10 (Madry
 # et al.) on CE(x_adv) alone. 'PGD10 (half clean)' trains on batches half clean, half
 # PGD-10 (train_attack.fraction 0.5), so the two differ in the attack only.
+HALF_CLEAN = {"train_attack.fraction": 0.5}
 HALF_CLEAN_ROW = "PGD10 (half clean)"
 HALF_CLEAN_EQUAL_TIME_ROW = "PGD10 (half clean, equal time)"
 # Table 2's generator columns ("each fine-tuned to its corresponding classifier"), trained
@@ -184,17 +185,17 @@ def cpu_run(name: str, arg: str, seed: int = 0, *, steps: int = CPU_STEPS,
 def table2_rows(*, steps: int = CPU_STEPS, clean_steps: int = CLEAN_START_STEPS,
                 equal_time: bool = True) -> list:
     """Table 2's rows: Plain, the PGD10, PGD100 and C&W100 defenses, L2L* and L2L-DA
-    (full), and (equal_time) the fair comparison's PGD10 rows: given L2L-DA's wall-clock
-    budget (EQUAL_TIME_ROW), on half-clean batches (HALF_CLEAN_ROW), and both
-    (HALF_CLEAN_EQUAL_TIME_ROW)."""
+    (full), the fair comparison's PGD10 on half-clean batches (HALF_CLEAN_ROW), and
+    (equal_time) the PGD10 rows given L2L-DA's wall-clock budget (EQUAL_TIME_ROW,
+    HALF_CLEAN_EQUAL_TIME_ROW)."""
     equal_time_steps = steps * L2L_DA_OVER_PGD10_STEP_TIME
-    half_clean = {"train_attack.fraction": 0.5}
-    fair_rows = [cpu_run(EQUAL_TIME_ROW, "pgd_at,l2l_da", steps=equal_time_steps),
-                 cpu_run(HALF_CLEAN_ROW, "pgd_at,l2l_da", steps=steps, **half_clean),
-                 cpu_run(HALF_CLEAN_EQUAL_TIME_ROW, "pgd_at,l2l_da", steps=equal_time_steps,
-                         **half_clean)]
+    half_clean_row = cpu_run(HALF_CLEAN_ROW, "pgd_at,l2l_da", steps=steps, **HALF_CLEAN)
+    fair_rows = [half_clean_row] if not equal_time else [
+        cpu_run(EQUAL_TIME_ROW, "pgd_at,l2l_da", steps=equal_time_steps), half_clean_row,
+        cpu_run(HALF_CLEAN_EQUAL_TIME_ROW, "pgd_at,l2l_da", steps=equal_time_steps,
+                **HALF_CLEAN)]
     return [start_row(clean_steps), cpu_run("PGD10", "pgd_at,l2l_da", steps=steps),
-            *(fair_rows if equal_time else []),
+            *fair_rows,
             cpu_run("PGD100", "pgd_at,l2l_da", steps=steps, **PGD100_TRAINING),
             cpu_run("C&W100", "pgd_at,l2l_da", steps=steps, **CW100_TRAINING),
             cpu_run("L2L*", "l2l", steps=steps), cpu_run(FULL_ROW, "l2l_da", steps=steps)]
@@ -254,13 +255,16 @@ def table3_config(dataset: str, config_file: str, *, steps: int = CPU_STEPS,
                   samples: int = L2L_DA_ATTACK_SAMPLES) -> ml_collections.ConfigDict:
     """Table 3's black-box layout: Table 2's rows at equal updates attacked by the L2L-DA
     attack, PGD10 and PGD100 crafted on the surrogates (A) Plain, (B) FGSM and (C) PGD10
-    LeNet-5, seed 1, B and C started from A (the L2L-DA attack: FULL_ROW's generator
-    fine-tuned against each surrogate). The paper's numbers are not printed: its
+    LeNet-5, seed 1, B and C started from A on half-clean batches (PGD10 on adversarial
+    batches alone collapses to a constant classifier here, docs/l2l_da.md; a constant
+    surrogate has no gradient to transfer), the L2L-DA attack being FULL_ROW's generator
+    fine-tuned against each surrogate. The paper's numbers are not printed: its
     columns (no clean one, attack-major) do not line up with ours, and its Min is over
     the transfer columns only (ours: every column, white box included)."""
     surrogates = [("A", "standard,l2l_da", 1, {"num_train_steps": clean_steps}),
-                  cpu_run("B", "pgd_at,l2l_da", 1, steps=steps, start="A", **FGSM_TRAINING),
-                  cpu_run("C", "pgd_at,l2l_da", 1, steps=steps, start="A")]
+                  cpu_run("B", "pgd_at,l2l_da", 1, steps=steps, start="A", **FGSM_TRAINING,
+                          **HALF_CLEAN),
+                  cpu_run("C", "pgd_at,l2l_da", 1, steps=steps, start="A", **HALF_CLEAN)]
     l2l_da = generator_columns(l2l_da_steps=l2l_da_steps, samples=samples)["l2l_da"]
     return cpu_table(
         f"Jang et al. Table 3 layout: {dataset}, black box by transfer, eps 0.3 ({steps} "
@@ -274,15 +278,17 @@ def figure2_config(dataset: str, config_file: str, *, steps: int = CPU_STEPS,
                    clean_steps: int = CLEAN_START_STEPS, examples: int = FIGURE2_EXAMPLES,
                    recursion_steps: int = 10, samples: int = 10) -> ml_collections.ConfigDict:
     """Figure 2 (robustgan/studies/l2l_da_recursion.py; the paper's is on CIFAR-10): the
-    loss of the PGD10 and L2L-DA (full) classifiers along `recursion_steps` steps of PGD,
-    of L2L*'s generator and of L2L-DA (full)'s (not fine-tuned), max and std over
+    loss of the PGD-trained (HALF_CLEAN_ROW: Table 2's PGD10 collapses to a constant
+    classifier at this scale) and L2L-DA (full) classifiers along `recursion_steps` steps
+    of PGD, of L2L*'s generator and of L2L-DA (full)'s (not fine-tuned), max and std over
     `samples` attacks per image; Table 2's runs."""
     c = configlib.study_config(
         "l2l_da_recursion", f"Jang et al. Figure 2 layout: {dataset}, eps 0.3 ({steps} "
         f"classifier updates per row after {clean_steps} clean ones)", config_file,
         rows=[row for row in table2_rows(steps=steps, clean_steps=clean_steps, equal_time=False)
-              if row[0] in (START_ROW, "PGD10", "L2L*", FULL_ROW)], surrogates=(),
-        settings=dict(classifiers=("PGD10", FULL_ROW), l2l_row="L2L*", l2l_da_row=FULL_ROW,
+              if row[0] in (START_ROW, HALF_CLEAN_ROW, "L2L*", FULL_ROW)], surrogates=(),
+        settings=dict(classifiers=(HALF_CLEAN_ROW, FULL_ROW), l2l_row="L2L*",
+                      l2l_da_row=FULL_ROW,
                       steps=recursion_steps, samples=samples,
                       step_fraction=0.25, pgd_random_start=True, batch_size=100))
     with c.unlocked():
