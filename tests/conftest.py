@@ -7,9 +7,7 @@ starts). Tests that need several devices start subprocesses with their own setti
 The tiny tests are compile-bound and many compile the same programs (the same toy model's
 train and attack steps in different runs), so one test run shares a fresh persistent
 compilation cache between its tests and workers: the controller makes the folder, the
-workers and subprocesses inherit it, and it is removed when the run ends. For the same
-reason XLA compiles the tests' programs with LLVM's optimization level 0 (the suite ran
-about a quarter faster; the programs' results are the tests' checks, not their speed).
+workers and subprocesses inherit it, and it is removed when the run ends.
 """
 
 import atexit
@@ -17,9 +15,6 @@ import os
 import shutil
 import tempfile
 
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_backend_optimization_level=0").strip()
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("ROBUSTGAN_CPU_DEVICES", "1")
 elif "JAX_COMPILATION_CACHE_DIR" not in os.environ:
