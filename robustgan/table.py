@@ -176,8 +176,9 @@ def run_table(config, workdir: str, output: str = "table") -> dict:
     surrogates = [name for name, *_ in table.surrogates]
     sources = {name: trained[name][1] for name in surrogates}
     mesh = parallel.make_mesh()
-    # Transfer columns' examples do not depend on the evaluated row: crafted once per
-    # setting they are crafted under (seed, evaluation settings, data range).
+    # Transfer columns' examples do not depend on the evaluated row: crafted once for the
+    # rows in a run that share the setting they are crafted under (seed, evaluation
+    # settings, data range); only the latest setting's are kept (memory).
     results, transfer_generators, crafted = {}, {}, {}
     for name in evaluated:
         run_config, classifier = trained[name]
@@ -198,8 +199,8 @@ def run_table(config, workdir: str, output: str = "table") -> dict:
         setting = json.dumps([run_config.seed, run_config.eval.to_dict(),
                               list(run_config.data.value_range)], sort_keys=True)
         if setting not in crafted:
-            crafted[setting] = protocol.craft_transfer_examples(
-                trained_cols, sources, x, y, **batching)
+            crafted = {setting: protocol.craft_transfer_examples(
+                trained_cols, sources, x, y, **batching)}
         results[name] = protocol.accuracy_under_attacks(
             classifier, x, y, trained_cols, sources=sources, crafted=crafted[setting],
             **batching)
