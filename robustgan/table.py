@@ -134,6 +134,14 @@ class RowResults:
                 json.dump(self.saved, f, indent=2)
             os.replace(self.path + ".tmp", self.path)
 
+    def reuse_or(self, name: str, key: str, compute, *args, **kwargs):
+        """The results saved under (name, key), else compute(*args, **kwargs) saved there."""
+        results = self.get(name, key)
+        if results is None:
+            results = compute(*args, **kwargs)
+            self.put(name, key, results)
+        return results
+
     def done(self) -> None:
         if jax.process_index() == 0 and os.path.exists(self.path):
             os.remove(self.path)
@@ -161,11 +169,11 @@ def run_table(config, workdir: str, output: str = "table") -> dict:
     a stop and the evaluation resumes from the next row."""
     table = config.table
     rows = [name for name, *_ in table.rows]
-    surrogate_runs = [name for name, *_ in table.surrogates]
+    surrogates = [name for name, *_ in table.surrogates]
     outside = [name for name in table.score_rows if name not in rows]
     if outside:
         raise ConfigError(f"table.score_rows names {outside}, not rows of the table ({rows})")
-    only = (*table.score_rows, *surrogate_runs) if table.score_rows else ()
+    only = (*table.score_rows, *surrogates) if table.score_rows else ()
     trained, run_dirs, dataset = train_runs(config, workdir, only)
     saved = RowResults(os.path.join(workdir, f"{output}.partial.json"))
     evaluated = [name for name in rows if name in trained and trained[name][1] is not None]
@@ -173,7 +181,6 @@ def run_table(config, workdir: str, output: str = "table") -> dict:
         raise ConfigError("no row of the table trains a classifier: nothing to evaluate")
     first_config = trained[evaluated[0]][0]
     x, y = protocol.eval_split(first_config, dataset)
-    surrogates = [name for name, *_ in table.surrogates]
     sources = {name: trained[name][1] for name in surrogates}
     mesh = parallel.make_mesh()
     # Transfer columns' examples do not depend on the evaluated row: crafted once for the
@@ -212,11 +219,9 @@ def run_table(config, workdir: str, output: str = "table") -> dict:
         if not run_config.eval.substitute:
             continue
         key = row_key(table, run_config, run_dirs)
-        substitutes[name] = saved.get(f"{name} (substitute)", key)
-        if substitutes[name] is None:
-            substitutes[name] = protocol.substitute_black_box(run_config, dataset,
-                                                              classifier, mesh)
-            saved.put(f"{name} (substitute)", key, substitutes[name])
+        substitutes[name] = saved.reuse_or(f"{name} (substitute)", key,
+                                           protocol.substitute_black_box, run_config,
+                                           dataset, classifier, mesh)
     for name, substitute in substitutes.items():
         substitute_columns = protocol.substitute_columns(substitute)
         results[name] |= substitute_columns
@@ -280,13 +285,11 @@ def table_measures(table, trained, evaluated, results, cols, dataset, mesh, save
         transfer = [row[c] for c, col in cols.items() if col.source is not None]
         reference_eps = None if eps_ref is None else (reference, eps_ref)
         key = row_key(table, run_config, run_dirs) + json.dumps(reference_eps, default=float)
-        measures[name] = saved.get(f"{name} (measures)", key)
-        if measures[name] is None:
-            measures[name] = protocol.protocol_measures(
-                run_config, dataset, classifier, mesh, white_box_accuracy=row.get("pgd"),
-                transfer_accuracy=min(transfer) if transfer else None,
-                evaluation_examples=row["num_examples"], reference_eps=reference_eps)
-            saved.put(f"{name} (measures)", key, measures[name])
+        measures[name] = saved.reuse_or(
+            f"{name} (measures)", key, protocol.protocol_measures, run_config, dataset,
+            classifier, mesh, white_box_accuracy=row.get("pgd"),
+            transfer_accuracy=min(transfer) if transfer else None,
+            evaluation_examples=row["num_examples"], reference_eps=reference_eps)
         if name == reference:
             eps_ref = measures[name]["eps_ref"]
     return {name: measures[name] for name in wanted}

@@ -80,7 +80,8 @@ def transfer_accuracy(target, surrogate, x, y, attack_fn, **kwargs) -> float:
 
 
 @jax.jit
-def _predict_batch(classifier, xb, yb, key):
+def predict_batch(classifier, xb, yb, key):
+    """The classifier's predicted labels on one batch (a `map_batches` step)."""
     return classifier.logits(xb, key).argmax(-1)
 
 
@@ -100,7 +101,7 @@ def _jacobian_batch(tree, xb, yb, key):
 
 def _query(oracle: Classifier, x, *, batch_size: int, rng, value_range=None) -> np.ndarray:
     """The oracle's labels (argmax only: the adversary sees no probabilities)."""
-    return map_batches(_predict_batch, oracle, x, None, batch_size=batch_size, rng=rng,
+    return map_batches(predict_batch, oracle, x, None, batch_size=batch_size, rng=rng,
                        value_range=value_range)
 
 

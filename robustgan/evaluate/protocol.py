@@ -106,16 +106,12 @@ def accuracy_under_attacks(
             clf, xb, yb, _column_key(key, columns, name)), key).argmax(-1) == yb
             for name, c in white_box.items()}
 
-    @jax.jit
-    def correct_on(clf, xb, yb, key):
-        return clf.logits(xb, key).argmax(-1) == yb
-
     per_example = map_batches(correct, classifier, x, y, value_range=value_range,
                               progress=progress, **batching) if white_box else {}
     for name in columns:
         if name not in white_box:
-            per_example[name] = map_batches(correct_on, classifier, crafted[name], y,
-                                            value_range=None, **batching)
+            per_example[name] = map_batches(blackbox.predict_batch, classifier, crafted[name],
+                                            y, value_range=None, **batching) == np.asarray(y)
     per_example["min"] = functools.reduce(np.logical_and, [per_example[k] for k in columns])
     return {k: float(per_example[k].mean()) for k in [*columns, "min"]} | {
         "num_examples": len(y)}
