@@ -304,3 +304,19 @@ def test_cifar10_layout_is_resnet20_at_a_cpu_scale_with_the_papers_cifar_numbers
     assert configs["L2L-DA (full)"].l2l_da.diversity_weight == 0.5
     full = dict(zip(columns(config), dict(config.table.paper)["L2L-DA (full)"], strict=False))
     assert (full["clean"], full["pgd100"], full["l2l_da"]) == (78.91, 38.39, 39.20)
+
+
+def test_cifar10_claim_layout_is_table2s_runs_for_the_claim_with_the_papers_numbers():
+    """The claim layout's rows are Table 2's runs (same configs, so one workdir trains them
+    once), its columns Table 2's cheaper ones, the paper's numbers lined up with them."""
+    cifar10 = os.path.join(ROOT, "configs", "cifar10.py")
+    claim = configlib.load_config_file(f"{cifar10}:l2l_da_claim_cpu")
+    full = run_configs(configlib.load_config_file(f"{cifar10}:l2l_da_table2_cpu"))
+    configs = run_configs(claim)
+    assert list(configs) == ["Plain", recipe.HALF_CLEAN_ROW, recipe.FULL_ROW]
+    for name, c in configs.items():
+        assert c.to_json() == full[name].to_json(), name
+    assert claim.table.eval_num_examples == recipe.CIFAR_CPU_EXAMPLES
+    paper = dict(zip(columns(claim), dict(claim.table.paper)[recipe.FULL_ROW], strict=False))
+    assert paper == {"clean": 78.91, "fgsm": 45.77, "pgd10": 39.69, "pgd100": 38.39,
+                     "cw100": 37.75}

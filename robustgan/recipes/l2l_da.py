@@ -228,6 +228,21 @@ def table2_config(dataset: str, config_file: str, *, steps: int = CPU_STEPS,
         examples=examples, output="l2l_da_table2")
 
 
+def claim_config(dataset: str, config_file: str, *, steps: int, clean_steps: int,
+                 examples: int) -> ml_collections.ConfigDict:
+    """Table 2's central claim alone: Plain, PGD10 (half clean) and L2L-DA (full) at equal
+    classifier updates, under Table 2's white-box columns without C&W1000 and the
+    generator columns (their cost at CPU scale), APGD-CE and APGD-DLR beside them."""
+    rows = [row for row in table2_rows(steps=steps, clean_steps=clean_steps, equal_time=False)
+            if row[0] in (START_ROW, HALF_CLEAN_ROW, FULL_ROW)]
+    paper = {name: values[:5] for name, values in PAPER_TABLE2.get(dataset, {}).items()}
+    eps = "0.3" if dataset in MNIST_LIKE else "8/255"
+    return cpu_table(
+        f"Jang et al. Table 2's claim: {dataset}, white box, eps {eps} ({steps} classifier "
+        f"updates per row after {clean_steps} clean ones)", config_file, rows=rows,
+        attacks=TABLE2_ATTACKS, paper=paper, examples=examples, output="l2l_da_claim")
+
+
 def ablation_rows(*, steps: int = CPU_STEPS, clean_steps: int = CLEAN_START_STEPS) -> list:
     """Table 1's rows: L2L*, then l2l_da with each of ABLATIONS' overrides."""
     return [start_row(clean_steps), cpu_run("L2L*", "l2l", steps=steps)] + [
@@ -299,9 +314,11 @@ def figure2_config(dataset: str, config_file: str, *, steps: int = CPU_STEPS,
 def tables(dataset: str, config_file: str) -> dict:
     """{arg: () -> table or study config} that `configs/<dataset>.py:<arg>` offers."""
     if dataset == "cifar10":
-        return {"l2l_da_table2_cpu": lambda: table2_config(
-            dataset, config_file, steps=CIFAR_CPU_STEPS, clean_steps=CIFAR_CLEAN_START_STEPS,
-            examples=CIFAR_CPU_EXAMPLES, equal_time=False)}
+        scale = dict(steps=CIFAR_CPU_STEPS, clean_steps=CIFAR_CLEAN_START_STEPS,
+                     examples=CIFAR_CPU_EXAMPLES)
+        return {"l2l_da_table2_cpu": lambda: table2_config(dataset, config_file,
+                                                           equal_time=False, **scale),
+                "l2l_da_claim_cpu": lambda: claim_config(dataset, config_file, **scale)}
     if dataset not in MNIST_LIKE:
         return {}
     return {"l2l_da_table2_cpu": lambda: table2_config(dataset, config_file),
