@@ -295,12 +295,15 @@ def test_cifar10_layout_is_resnet20_at_a_cpu_scale_with_the_papers_cifar_numbers
                                                      "l2l_da_table2_cpu"))
     assert config.table.eval_num_examples == recipe.CIFAR_CPU_EXAMPLES
     configs = run_configs(config)
-    assert list(configs) == ["Plain", "PGD10", recipe.HALF_CLEAN_ROW, "PGD100", "C&W100", "L2L*",
-                             "L2L-DA (full)"]
+    equal_time = (recipe.EQUAL_TIME_ROW, recipe.HALF_CLEAN_EQUAL_TIME_ROW)
+    assert list(configs) == ["Plain", "PGD10", equal_time[0], recipe.HALF_CLEAN_ROW, equal_time[1],
+                             "PGD100", "C&W100", "L2L*", "L2L-DA (full)"]
     for name, c in configs.items():
         assert c.model.name == "d2" and c.eval.eps == pytest.approx(8 / 255)
-        assert c.num_train_steps == (recipe.CIFAR_CLEAN_START_STEPS if name == "Plain"
-                                     else recipe.CIFAR_CPU_STEPS)
+        assert c.num_train_steps == (
+            recipe.CIFAR_CLEAN_START_STEPS if name == "Plain" else
+            recipe.CIFAR_CPU_STEPS * recipe.CIFAR_L2L_DA_OVER_PGD10_STEP_TIME
+            if name in equal_time else recipe.CIFAR_CPU_STEPS)
     assert configs["L2L-DA (full)"].l2l_da.diversity_weight == 0.5
     full = dict(zip(columns(config), dict(config.table.paper)["L2L-DA (full)"], strict=False))
     assert (full["clean"], full["pgd100"], full["l2l_da"]) == (78.91, 38.39, 39.20)
@@ -313,7 +316,8 @@ def test_cifar10_claim_layout_is_table2s_runs_for_the_claim_with_the_papers_numb
     claim = configlib.load_config_file(f"{cifar10}:l2l_da_claim_cpu")
     full = run_configs(configlib.load_config_file(f"{cifar10}:l2l_da_table2_cpu"))
     configs = run_configs(claim)
-    assert list(configs) == ["Plain", recipe.HALF_CLEAN_ROW, recipe.FULL_ROW]
+    assert list(configs) == ["Plain", recipe.HALF_CLEAN_ROW, recipe.HALF_CLEAN_EQUAL_TIME_ROW,
+                             recipe.FULL_ROW]
     for name, c in configs.items():
         assert c.to_json() == full[name].to_json(), name
     assert claim.table.eval_num_examples == recipe.CIFAR_CPU_EXAMPLES
