@@ -1,7 +1,8 @@
 """Reader for image folders: `root/train/<class>/*.png|jpg|jpeg` and `root/test/<class>/...`.
 
 Classes are the sorted folder names under train/ (label = position); test/ must have the
-same folders. Decoding tens of thousands of files is slow, so the decoded arrays are
+same folders. A split's images come in a fixed order that mixes the classes
+(list_files). Decoding tens of thousands of files is slow, so the decoded arrays are
 cached in `root/.robustgan_cache.npz`, keyed by every file's path, size and mtime; when
 root is not writable the cache is skipped. The CIFAR-10 archive in the shared data
 folder holds train/ and test/ at its top: `tar xzf cifar10_jpeg.tar.gz -C <root>`.
@@ -25,6 +26,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SPLITS = ("train", "test")
 # Bump when the decoding changes, so old caches are not reused.
 CACHE_VERSION = "1"
+ORDER_SEED = 0  # the fixed order of a split's images (list_files)
 
 Files = list[tuple[Path, int]]  # (image path, label) pairs
 
@@ -40,13 +42,18 @@ def class_names(split_dir: Path) -> list[str]:
 
 
 def list_files(split_dir: Path, classes: list[str]) -> Files:
-    """(path, label) of every image under split_dir/<class>/, in a fixed order."""
-    return [
+    """(path, label) of every image under split_dir/<class>/, in a fixed order that mixes
+    the classes: a permutation (seed ORDER_SEED) of the files sorted by class and name.
+    Folder order would put one class first, and an evaluation on a split's first N
+    images (config.table.eval_num_examples, eval.num_examples) would see that class
+    alone; the datasets' own files (CIFAR-10's batches) are not in class order either."""
+    files = [
         (path, label)
         for label, name in enumerate(classes)
         for path in sorted((split_dir / name).iterdir())
         if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
     ]
+    return [files[i] for i in np.random.default_rng(ORDER_SEED).permutation(len(files))]
 
 
 def find_files(root) -> dict[str, Files]:
