@@ -186,7 +186,8 @@ def run_table(config, workdir: str, output: str = "table") -> dict:
     # Transfer columns' examples do not depend on the evaluated row: crafted once for the
     # rows in a run that share the setting they are crafted under (seed, evaluation
     # settings, data range); only the latest setting's are kept (memory).
-    results, transfer_generators, crafted = {}, {}, {}
+    results, transfer_generators = {}, {}
+    crafted_setting, crafted = None, None
     for name in evaluated:
         run_config, classifier = trained[name]
         cols = protocol.white_box_columns(run_config.eval, table.attacks)
@@ -205,11 +206,11 @@ def run_table(config, workdir: str, output: str = "table") -> dict:
                         rng=jax.random.key(run_config.seed + 2), progress=config.progress_bar)
         setting = json.dumps([run_config.seed, run_config.eval.to_dict(),
                               list(run_config.data.value_range)], sort_keys=True)
-        if setting not in crafted:
-            crafted = {setting: protocol.craft_transfer_examples(
-                trained_cols, sources, x, y, **batching)}
+        if setting != crafted_setting:
+            crafted_setting, crafted = setting, protocol.craft_transfer_examples(
+                trained_cols, sources, x, y, **batching)
         results[name] = protocol.accuracy_under_attacks(
-            classifier, x, y, trained_cols, sources=sources, crafted=crafted[setting],
+            classifier, x, y, trained_cols, sources=sources, crafted=crafted,
             **batching)
         saved.put(name, key, results[name])
     columns = [*cols, "min"]

@@ -216,6 +216,11 @@ def cpu_table(title: str, config_file: str, *, rows, surrogates=(), attacks, pap
     return c
 
 
+def eps_label(dataset: str) -> str:
+    """The paper's eps on `dataset`, as the layouts' titles print it."""
+    return "0.3" if dataset in MNIST_LIKE else "8/255"
+
+
 def table2_config(dataset: str, config_file: str, *, steps: int = CPU_STEPS,
                   clean_steps: int = CLEAN_START_STEPS, examples: int = CPU_EXAMPLES,
                   time_ratio: int = L2L_DA_OVER_PGD10_STEP_TIME,
@@ -223,9 +228,9 @@ def table2_config(dataset: str, config_file: str, *, steps: int = CPU_STEPS,
     """Table 2's white-box layout: table2_rows (PGD10 at equal classifier updates and, if
     time_ratio, at equal wall time), table2_attacks (generator_steps: generator_columns')
     and Min."""
-    eps = "0.3" if dataset in MNIST_LIKE else "8/255"
     return cpu_table(
-        f"Jang et al. Table 2 layout: {dataset}, white box, eps {eps} ({steps} classifier "
+        f"Jang et al. Table 2 layout: {dataset}, white box, eps {eps_label(dataset)} ({steps} "
+        "classifier "
         f"updates per row after {clean_steps} clean ones)", config_file,
         rows=table2_rows(steps=steps, clean_steps=clean_steps, time_ratio=time_ratio),
         attacks=table2_attacks(**generator_steps), paper=PAPER_TABLE2.get(dataset),
@@ -242,9 +247,9 @@ def claim_config(dataset: str, config_file: str, *, steps: int, clean_steps: int
     rows = [row for row in table2_rows(steps=steps, clean_steps=clean_steps,
                                        time_ratio=time_ratio) if row[0] in claim]
     paper = {name: values[:5] for name, values in PAPER_TABLE2.get(dataset, {}).items()}
-    eps = "0.3" if dataset in MNIST_LIKE else "8/255"
     return cpu_table(
-        f"Jang et al. Table 2's claim: {dataset}, white box, eps {eps} ({steps} classifier "
+        f"Jang et al. Table 2's claim: {dataset}, white box, eps {eps_label(dataset)} ({steps} "
+        "classifier "
         f"updates per row after {clean_steps} clean ones)", config_file, rows=rows,
         attacks=TABLE2_ATTACKS, paper=paper, examples=examples, output="l2l_da_claim")
 
