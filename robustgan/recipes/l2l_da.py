@@ -229,9 +229,8 @@ def table2_config(dataset: str, config_file: str, *, steps: int = CPU_STEPS,
     time_ratio, at equal wall time), table2_attacks (generator_steps: generator_columns')
     and Min."""
     return cpu_table(
-        f"Jang et al. Table 2 layout: {dataset}, white box, eps {eps_label(dataset)} ({steps} "
-        "classifier "
-        f"updates per row after {clean_steps} clean ones)", config_file,
+        f"Jang et al. Table 2 layout: {dataset}, white box, eps {eps_label(dataset)} "
+        f"({steps} classifier updates per row after {clean_steps} clean ones)", config_file,
         rows=table2_rows(steps=steps, clean_steps=clean_steps, time_ratio=time_ratio),
         attacks=table2_attacks(**generator_steps), paper=PAPER_TABLE2.get(dataset),
         examples=examples, output="l2l_da_table2")
@@ -248,10 +247,10 @@ def claim_config(dataset: str, config_file: str, *, steps: int, clean_steps: int
                                        time_ratio=time_ratio) if row[0] in claim]
     paper = {name: values[:5] for name, values in PAPER_TABLE2.get(dataset, {}).items()}
     return cpu_table(
-        f"Jang et al. Table 2's claim: {dataset}, white box, eps {eps_label(dataset)} ({steps} "
-        "classifier "
-        f"updates per row after {clean_steps} clean ones)", config_file, rows=rows,
-        attacks=TABLE2_ATTACKS, paper=paper, examples=examples, output="l2l_da_claim")
+        f"Jang et al. Table 2's claim: {dataset}, white box, eps {eps_label(dataset)} "
+        f"({steps} classifier updates per row after {clean_steps} clean ones)", config_file,
+        rows=rows, attacks=TABLE2_ATTACKS, paper=paper, examples=examples,
+        output="l2l_da_claim")
 
 
 def ablation_rows(*, steps: int = CPU_STEPS, clean_steps: int = CLEAN_START_STEPS) -> list:
