@@ -12,7 +12,7 @@ import pytest
 
 from robustgan.errors import ConfigError
 from robustgan.models.generators import GENERATORS, INPUT_KINDS, get_generator
-from robustgan.models.layers import TRANSPOSED_CONV_FORMS, ConvTranspose
+from robustgan.models.layers import CONV_FORMS, TRANSPOSED_CONV_FORMS, Conv, ConvTranspose
 
 NUM_CLASSES = 10
 
@@ -137,3 +137,48 @@ def test_transposed_conv_forms_equal_flax_conv_transpose(kernel, stride, size, f
 def test_unknown_transposed_conv_form_is_refused():
     with pytest.raises(ConfigError, match="unknown transposed-convolution form 'fft'"):
         ConvTranspose(4, (3, 3), (2, 2), form="fft").init(jax.random.key(0), jnp.ones((1, 4, 4, 2)))
+
+
+@pytest.mark.parametrize("code_dim", [0, 3])
+@pytest.mark.parametrize("form,kernel,stride,size", [
+    ("xla", 3, 1, 6), ("xla", 4, 2, 8), ("xla", 4, 2, 7), ("xla", 3, 2, 5),
+    ("columns", 3, 1, 6), ("columns", 5, 1, 5), ("columns", 1, 1, 4)])
+def test_conv_forms_and_tiled_code_equal_flax_conv(form, kernel, stride, size, code_dim):
+    """layers.Conv(x, code) computes what nn.Conv(padding='SAME') does on x with code
+    tiled over its grid as more channels, outputs and gradients (to x, code and params),
+    with the same params and the same initial values."""
+    with jax.enable_x64(True):
+        keys = jax.random.split(jax.random.key(0), 2)
+        x = jax.random.normal(keys[0], (2, size, size, 3), jnp.float64)
+        code = jax.random.normal(keys[1], (2, code_dim), jnp.float64) if code_dim else None
+        tiled = lambda x, code: x if code is None else jnp.concatenate(
+            [x, jnp.broadcast_to(code[:, None, None, :], (*x.shape[:3], code.shape[-1]))], -1)
+        reference = nn.Conv(4, (kernel, kernel), (stride, stride), padding="SAME",
+                            param_dtype=jnp.float64)
+        variables = reference.init(jax.random.key(1), tiled(x, code))
+        ours = Conv(4, (kernel, kernel), (stride, stride), form=form, param_dtype=jnp.float64)
+        # float32 parameters: the same initial values as nn.Conv's
+        chex.assert_trees_all_equal(
+            Conv(4, (kernel, kernel), (stride, stride), form=form).init(
+                jax.random.key(1), x.astype(jnp.float32),
+                      None if code is None else code.astype(jnp.float32)),
+            nn.Conv(4, (kernel, kernel), (stride, stride), padding="SAME").init(
+                jax.random.key(1), tiled(x, code).astype(jnp.float32)))
+        apply_ours = lambda v, x, code: ours.apply(v, x, code)
+        apply_reference = lambda v, x, code: reference.apply(v, tiled(x, code))
+        np.testing.assert_allclose(apply_ours(variables, x, code),
+                                   apply_reference(variables, x, code), atol=1e-12)
+        loss = lambda apply: lambda v, x, code: (jnp.sin(apply(v, x, code)) ** 2).sum()
+        grads = lambda apply: jax.grad(loss(apply), argnums=(0, 1, 2))(variables, x, code)
+        chex.assert_trees_all_close(grads(apply_ours), grads(apply_reference), atol=1e-12,
+                                    rtol=1e-10)
+
+
+def test_bad_conv_forms_are_refused():
+    x = jnp.ones((1, 4, 4, 2))
+    with pytest.raises(ConfigError, match="unknown convolution form 'fft'"):
+        Conv(4, (3, 3), form="fft").init(jax.random.key(0), x)
+    for kernel, stride in (((3, 3), (2, 2)), ((4, 4), (1, 1))):
+        with pytest.raises(ConfigError, match="'columns' convolution takes stride 1 and odd"):
+            Conv(4, kernel, stride, form="columns").init(jax.random.key(0), x)
+    assert CONV_FORMS == ("xla", "columns")

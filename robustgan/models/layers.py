@@ -20,6 +20,8 @@ from robustgan.errors import ConfigError
 
 BatchNorm = partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
 TRANSPOSED_CONV_FORMS = ("subpixel", "columns")
+CONV_FORMS = ("xla", "columns")
+_NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def batch_stats_mode(train: bool, batch_stats: bool | None) -> bool:
@@ -149,17 +151,12 @@ class ConvTranspose(nn.Module):
         kh, kw = self.kernel_size
         kernel = self.param("kernel", nn.initializers.lecun_normal(),
                             (kh, kw, x.shape[-1], self.features))
-        y = (self._columns(x, kernel) if self.form == "columns"
+        y = (transposed_conv_columns(x, kernel, self.strides) if self.form == "columns"
              else self._subpixel(x, kernel))
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,))
         return y
 
-    def _columns(self, x, kernel):
-        (kh, kw), c = self.kernel_size, x.shape[-1]
-        columns = jnp.dot(x, kernel.transpose(2, 0, 1, 3).reshape(c, -1))
-        columns = columns.reshape(*x.shape[:3], kh, kw, self.features)
-        return _col2im(self.kernel_size, self.strides)(columns)
 
     def _subpixel(self, x, kernel):
         (kh, kw), (sh, sw) = self.kernel_size, self.strides
@@ -175,6 +172,76 @@ class ConvTranspose(nn.Module):
         n, h, w, _ = y.shape
         y = y.reshape(n, h, w, sh, sw, self.features).transpose(0, 1, 3, 2, 4, 5)
         return y.reshape(n, h * sh, w * sw, self.features)
+
+
+class Conv(nn.Module):
+    """`nn.Conv(features, kernel_size, strides, padding="SAME")`, same parameters (the
+    name `Conv_<i>` too) and outputs, with two options for XLA:CPU's sake.
+
+    `module(x, code)`: the input is x with a per-example vector code (N, d) tiled over its
+    grid as d more channels (the kernel's input features are x's and then code's). The
+    tiled part is not materialized: at every output pixel it is code times the sum of the
+    kernel taps that fall inside the grid (`tiled_code_conv`), a d-deep matrix product.
+
+    form 'columns' (stride 1, odd kernels): the convolution as ConvTranspose's 'columns'
+    form with the same kernel (for stride 1 and an odd kernel 'SAME' pads both alike), one
+    matrix product and a col2im whose derivatives are matrix products and slices. For few
+    output channels XLA:CPU's convolution is slow: the L2L-DA U-Net's last layer (3x3,
+    128 -> 1 channel, 28x28, batch 100) took 72 ms forward and backward against 31 ms in
+    this form (benchmarks/RESULTS.md, L2L-DA)."""
+
+    features: int
+    kernel_size: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    use_bias: bool = True
+    form: str = "xla"
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, code: jax.Array | None = None) -> jax.Array:
+        if self.form not in CONV_FORMS:
+            raise ConfigError(f"unknown convolution form {self.form!r}; choose one of "
+                              f"{CONV_FORMS}")
+        if self.form == "columns" and (tuple(self.strides) != (1, 1)
+                                       or not all(k % 2 for k in self.kernel_size)):
+            raise ConfigError("the 'columns' convolution takes stride 1 and odd kernels; got "
+                              f"strides {self.strides}, kernel {self.kernel_size}")
+        c = x.shape[-1]
+        in_features = c if code is None else c + code.shape[-1]
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (*self.kernel_size, in_features, self.features), self.param_dtype)
+        x, kernel, code = nn.dtypes.promote_dtype(x, kernel, code)
+        if self.form == "columns":
+            y = transposed_conv_columns(x, kernel[:, :, :c], (1, 1))
+        else:
+            y = lax.conv_general_dilated(x, kernel[:, :, :c], self.strides, "SAME",
+                                         dimension_numbers=_NHWC)
+        if code is not None:
+            y = y + tiled_code_conv(code, kernel[:, :, c:], self.strides, x.shape[1:3])
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,),
+                               self.param_dtype)
+        return y
+
+
+def tiled_code_conv(code: jax.Array, kernel: jax.Array, strides, grid) -> jax.Array:
+    """conv(code (N, d) tiled over a grid (H, W), kernel, strides, 'SAME') as
+    code @ tap_sums, where tap_sums[i, j] sums the kernel taps that output pixel (i, j)
+    reads inside the grid: the convolution of a ones image with the kernel's d x features
+    columns as output channels."""
+    kh, kw, d, f = kernel.shape
+    ones = jnp.ones((1, *grid, 1), kernel.dtype)
+    tap_sums = lax.conv_general_dilated(ones, kernel.reshape(kh, kw, 1, d * f), strides,
+                                        "SAME", dimension_numbers=_NHWC)[0]
+    return jnp.einsum("nd,hwdf->nhwf", code, tap_sums.reshape(*tap_sums.shape[:2], d, f))
+
+
+def transposed_conv_columns(x: jax.Array, kernel: jax.Array, strides) -> jax.Array:
+    """lax.conv_transpose(x, kernel, strides, 'SAME') as x @ kernel (each input pixel's
+    kh*kw*features columns) and `_col2im`."""
+    kh, kw, c, f = kernel.shape
+    columns = jnp.dot(x, kernel.transpose(2, 0, 1, 3).reshape(c, -1))
+    return _col2im((kh, kw), tuple(strides))(columns.reshape(*x.shape[:3], kh, kw, f))
 
 
 def _col2im(kernel_size: tuple[int, int], strides: tuple[int, int]):
@@ -193,13 +260,21 @@ def _col2im(kernel_size: tuple[int, int], strides: tuple[int, int]):
     @jax.custom_vjp
     def col2im(columns):
         n, h, w, _, _, f = columns.shape
-        # padded[:, a, b] holds the columns of input pixel (a - pad_h[0], b - pad_w[0])
-        padded = jnp.pad(columns, ((0, 0), pad_h, pad_w, (0, 0), (0, 0), (0, 0)))
+
+        def tap(p, q, a, b):
+            """Output phase (p, q)'s tap from window position (a, b): the columns of input
+            pixel (i + a - pad_h[0], j + b - pad_w[0]) at (i, j), zero off the grid. Each
+            tap is padded on its own: padding the whole column array first copied it, 5x
+            this col2im's time."""
+            da, db = a - pad_h[0], b - pad_w[0]
+            t = columns[:, max(da, 0):h + min(da, 0), max(db, 0):w + min(db, 0),
+                        rows[p, a], cols[q, b]]
+            return jnp.pad(t, ((0, 0), (max(-da, 0), max(da, 0)), (max(-db, 0), max(db, 0)),
+                               (0, 0)))
 
         def phase(p, q):  # output pixels (sh i + p, sw j + q)
-            return sum(padded[:, a:a + h, b:b + w, rows[p, a], cols[q, b]]
-                       for a in range(rows.shape[1]) for b in range(cols.shape[1])
-                       if rows[p, a] >= 0 and cols[q, b] >= 0)
+            return sum(tap(p, q, a, b) for a in range(rows.shape[1])
+                       for b in range(cols.shape[1]) if rows[p, a] >= 0 and cols[q, b] >= 0)
 
         out = jnp.stack([jnp.stack([phase(p, q) for q in range(sw)], 3) for p in range(sh)], 2)
         return out.reshape(n, h * sh, w * sw, f)

@@ -25,14 +25,12 @@ Any H x W divisible by 4 (28x28, 32x32). BatchNorm uses batch statistics iff `tr
 
 from __future__ import annotations
 
-import functools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from robustgan.errors import ConfigError
-from robustgan.models.layers import BatchNorm, ConvTranspose, batch_stats_mode
+from robustgan.models.layers import BatchNorm, Conv, ConvTranspose, batch_stats_mode
 
 GRAD_NORMS = ("example", "channel", "none")
 _TINY = 1e-12
@@ -46,14 +44,6 @@ def normalize_gradient(grad: jax.Array, mode: str) -> jax.Array:
     axes = (1, 2, 3) if mode == "example" else (1, 2)
     norm = jnp.sqrt(jnp.sum(jnp.square(grad), axis=axes, keepdims=True))
     return grad / jnp.maximum(norm, _TINY)
-
-
-def _tile(h: jax.Array, code: jax.Array | None) -> jax.Array:
-    """h with the z code (N, d) tiled onto its H x W grid as d more channels (no z: h)."""
-    if code is None:
-        return h
-    grid = jnp.broadcast_to(code[:, None, None, :], (*h.shape[:3], code.shape[-1]))
-    return jnp.concatenate([h, grid], axis=-1)
 
 
 class ConditionalBatchNorm(nn.Module):
@@ -107,19 +97,18 @@ class UNetGenerator(nn.Module):
         code = None
         if self.use_z:
             code = nn.Dense(self.z_dim)(nn.relu(nn.Dense(self.z_dim)(z.astype(x.dtype))))
-        tile = functools.partial(_tile, code=code)
         inputs = [x, normalize_gradient(grad, self.grad_norm)]
         if self.use_delta:
             inputs.append(delta)
         h = jnp.concatenate(inputs, axis=-1)
-        d0 = nn.leaky_relu(nn.Conv(k, (3, 3), padding="SAME")(tile(h)), 0.2)
-        d1 = nn.Conv(2 * k, (4, 4), (2, 2), padding="SAME", use_bias=False)(tile(d0))
+        d0 = nn.leaky_relu(Conv(k, (3, 3))(h, code), 0.2)
+        d1 = Conv(2 * k, (4, 4), (2, 2), use_bias=False)(d0, code)
         d1 = nn.leaky_relu(ConditionalBatchNorm(self.num_classes, self.use_y)(d1, y, use), 0.2)
-        d2 = nn.leaky_relu(nn.Conv(4 * k, (4, 4), (2, 2), padding="SAME")(tile(d1)), 0.2)
+        d2 = nn.leaky_relu(Conv(4 * k, (4, 4), (2, 2))(d1, code), 0.2)
         u2 = ConvTranspose(2 * k, (4, 4), (2, 2), use_bias=False, form="columns")(d2)
         u2 = nn.relu(ConditionalBatchNorm(self.num_classes, self.use_y)(u2, y, use))
         u1 = ConvTranspose(k, (4, 4), (2, 2), use_bias=False, form="columns")(
             jnp.concatenate([u2, d1], axis=-1))
         u1 = nn.relu(ConditionalBatchNorm(self.num_classes, self.use_y)(u1, y, use))
-        out = nn.Conv(x.shape[-1], (3, 3), padding="SAME")(jnp.concatenate([u1, d0], axis=-1))
+        out = Conv(x.shape[-1], (3, 3), form="columns")(jnp.concatenate([u1, d0], axis=-1))
         return jnp.tanh(out)
