@@ -139,14 +139,16 @@ def test_unknown_transposed_conv_form_is_refused():
         ConvTranspose(4, (3, 3), (2, 2), form="fft").init(jax.random.key(0), jnp.ones((1, 4, 4, 2)))
 
 
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("code_dim", [0, 3])
 @pytest.mark.parametrize("form,kernel,stride,size", [
     ("xla", 3, 1, 6), ("xla", 4, 2, 8), ("xla", 4, 2, 7), ("xla", 3, 2, 5),
     ("columns", 3, 1, 6), ("columns", 5, 1, 5), ("columns", 1, 1, 4)])
-def test_conv_forms_and_tiled_code_equal_flax_conv(form, kernel, stride, size, code_dim):
+def test_conv_forms_and_tiled_code_equal_flax_conv(form, kernel, stride, size, code_dim, split):
     """layers.Conv(x, code) computes what nn.Conv(padding='SAME') does on x with code
     tiled over its grid as more channels, outputs and gradients (to x, code and params),
-    with the same params and the same initial values."""
+    with the same params and the same initial values; so does x given as a list of parts
+    (split) whose concatenation is the input."""
     with jax.enable_x64(True):
         keys = jax.random.split(jax.random.key(0), 2)
         x = jax.random.normal(keys[0], (2, size, size, 3), jnp.float64)
@@ -164,7 +166,8 @@ def test_conv_forms_and_tiled_code_equal_flax_conv(form, kernel, stride, size, c
                       None if code is None else code.astype(jnp.float32)),
             nn.Conv(4, (kernel, kernel), (stride, stride), padding="SAME").init(
                 jax.random.key(1), tiled(x, code).astype(jnp.float32)))
-        apply_ours = lambda v, x, code: ours.apply(v, x, code)
+        apply_ours = lambda v, x, code: ours.apply(v, [x[..., :1], x[..., 1:]] if split else x,
+                                                   code)
         apply_reference = lambda v, x, code: reference.apply(v, tiled(x, code))
         np.testing.assert_allclose(apply_ours(variables, x, code),
                                    apply_reference(variables, x, code), atol=1e-12)

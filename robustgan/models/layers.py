@@ -182,6 +182,8 @@ class Conv(nn.Module):
     grid as d more channels (the kernel's input features are x's and then code's). The
     tiled part is not materialized: at every output pixel it is code times the sum of the
     kernel taps that fall inside the grid (`tiled_code_conv`), a d-deep matrix product.
+    x may be a list of arrays on one grid, the input their concatenation along features,
+    which is not materialized either: each is convolved with its rows of the kernel.
 
     form 'columns' (stride 1, odd kernels): the convolution as ConvTranspose's 'columns'
     form with the same kernel (for stride 1 and an odd kernel 'SAME' pads both alike), one
@@ -198,7 +200,8 @@ class Conv(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, code: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array | Sequence[jax.Array],
+                 code: jax.Array | None = None) -> jax.Array:
         if self.form not in CONV_FORMS:
             raise ConfigError(f"unknown convolution form {self.form!r}; choose one of "
                               f"{CONV_FORMS}")
@@ -206,22 +209,28 @@ class Conv(nn.Module):
                                        or not all(k % 2 for k in self.kernel_size)):
             raise ConfigError("the 'columns' convolution takes stride 1 and odd kernels; got "
                               f"strides {self.strides}, kernel {self.kernel_size}")
-        c = x.shape[-1]
-        in_features = c if code is None else c + code.shape[-1]
+        parts = list(x) if isinstance(x, (list, tuple)) else [x]
+        bounds = np.cumsum([0] + [part.shape[-1] for part in parts])
+        in_features = bounds[-1] + (0 if code is None else code.shape[-1])
         kernel = self.param("kernel", nn.initializers.lecun_normal(),
-                            (*self.kernel_size, in_features, self.features), self.param_dtype)
-        x, kernel, code = nn.dtypes.promote_dtype(x, kernel, code)
-        if self.form == "columns":
-            y = transposed_conv_columns(x, kernel[:, :, :c], (1, 1))
-        else:
-            y = lax.conv_general_dilated(x, kernel[:, :, :c], self.strides, "SAME",
-                                         dimension_numbers=_NHWC)
+                            (*self.kernel_size, int(in_features), self.features),
+                            self.param_dtype)
+        *parts, kernel, code = nn.dtypes.promote_dtype(*parts, kernel, code)
+        y = sum(self._convolve(part, kernel[:, :, lo:hi])
+                for part, lo, hi in zip(parts, bounds[:-1], bounds[1:], strict=True))
         if code is not None:
-            y = y + tiled_code_conv(code, kernel[:, :, c:], self.strides, x.shape[1:3])
+            y = y + tiled_code_conv(code, kernel[:, :, bounds[-1]:], self.strides,
+                                    parts[0].shape[1:3])
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros_init(), (self.features,),
                                self.param_dtype)
         return y
+
+    def _convolve(self, x, kernel):
+        if self.form == "columns":
+            return transposed_conv_columns(x, kernel, (1, 1))
+        return lax.conv_general_dilated(x, kernel, self.strides, "SAME",
+                                        dimension_numbers=_NHWC)
 
 
 def tiled_code_conv(code: jax.Array, kernel: jax.Array, strides, grid) -> jax.Array:
@@ -291,7 +300,8 @@ def _col2im(kernel_size: tuple[int, int], strides: tuple[int, int]):
             i, j = rows.shape[1] - 1 - a, cols.shape[1] - 1 - b
             return phases[:, i:i + h, p, j:j + w, q]
 
-        return jnp.stack([jnp.stack([tap(t, u) for u in range(kw)], 3) for t in range(kh)], 3)
+        return jnp.stack([tap(t, u) for t in range(kh) for u in range(kw)], 3).reshape(
+            n, h, w, kh, kw, f)
 
     col2im.defvjp(lambda columns: (col2im(columns), None), lambda _, grad: (im2col(grad),))
     return col2im

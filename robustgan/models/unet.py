@@ -110,5 +110,5 @@ class UNetGenerator(nn.Module):
         u1 = ConvTranspose(k, (4, 4), (2, 2), use_bias=False, form="columns")(
             jnp.concatenate([u2, d1], axis=-1))
         u1 = nn.relu(ConditionalBatchNorm(self.num_classes, self.use_y)(u1, y, use))
-        out = Conv(x.shape[-1], (3, 3), form="columns")(jnp.concatenate([u1, d0], axis=-1))
+        out = Conv(x.shape[-1], (3, 3), form="columns")([u1, d0])
         return jnp.tanh(out)
