@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from robustgan.attacks.common import cross_entropy, loss_and_input_grad, model_logits
+from robustgan.attacks.common import cross_entropy, loss_and_input_grad
 from robustgan.classifier import Classifier
 
 _TINY = 1e-8  # in Eq. 7's denominator, as the authors' code
@@ -59,20 +59,19 @@ def trajectory(rec: Recursion, phi, g_stats, classifier: Classifier, x, y, z):
     """Eq. 5 from delta^(0) = 0: (x_adv^(t) for t = 1..T stacked (T, N, ...), per-example
     CE(classifier(x_adv^(t)), y) (T, N), the generator's BatchNorm averages after its T
     calls). grad_t is the input gradient of CE at stop_gradient(x_adv^(t)); delta^(t)
-    carries phi's gradient from step to step."""
+    carries phi's gradient from step to step. Each x_adv^(t) gets one forward and one
+    backward pass of the classifier (`cross_entropy_and_input_grad`): its CE and grad_t."""
 
     def step(carry, _):
-        delta, x_adv, stats = carry
-        _, grad, _ = loss_and_input_grad(classifier, cross_entropy, lax.stop_gradient(x_adv),
-                                         y, None)
+        delta, grad, stats = carry
         direction, stats = rec.generator(phi, stats, x, y, z, delta, grad)
         delta = jnp.clip(delta + rec.eps_step * direction, -rec.eps, rec.eps)
         x_adv = jnp.clip(x + delta, *classifier.bounds)
-        loss = cross_entropy(model_logits(classifier, x_adv), y)
-        return (delta, x_adv, stats), (x_adv, loss)
+        loss, grad = cross_entropy_and_input_grad(classifier, x_adv, y)
+        return (delta, grad, stats), (x_adv, loss)
 
     body = jax.checkpoint(step) if rec.remat else step
-    carry = (jnp.zeros_like(x), x, g_stats)
+    carry = (jnp.zeros_like(x), cross_entropy_and_input_grad(classifier, x, y)[1], g_stats)
     if rec.steps == 1:
         # A one-step scan lowers to a while loop, which XLA:CPU runs convolutions in
         # several times slower (game.ascend_generator).
@@ -81,6 +80,35 @@ def trajectory(rec: Recursion, phi, g_stats, classifier: Classifier, x, y, z):
     (_, _, stats), (x_adv, loss) = lax.scan(body, carry, None, length=rec.steps,
                                             unroll=rec.unroll)
     return x_adv, loss, stats
+
+
+def cross_entropy_and_input_grad(classifier: Classifier, x_adv, y):
+    """(per-example CE at x_adv, differentiable in x_adv; its input gradient, a stopped
+    value), from one forward and one backward pass of the classifier: the CE's derivative
+    in x_adv is that gradient, so its VJP scales it by the cotangent instead of running
+    the classifier backward again (the recursion's next step needs the gradient anyway).
+    Eval-mode classifiers only: each example's CE depends on its own input alone."""
+    loss, grad, _ = loss_and_input_grad(classifier, cross_entropy, lax.stop_gradient(x_adv),
+                                        y, None)
+    return _with_input_grad(x_adv, loss, grad), grad
+
+
+@jax.custom_vjp
+def _with_input_grad(x, value, grad):
+    """value, whose derivative in x is grad (per example; value and grad are stopped)."""
+    del x, grad
+    return value
+
+
+def _with_input_grad_fwd(x, value, grad):
+    return value, grad
+
+
+def _with_input_grad_bwd(grad, cotangent):
+    return cotangent.reshape(cotangent.shape + (1,) * (grad.ndim - 1)) * grad, None, None
+
+
+_with_input_grad.defvjp(_with_input_grad_fwd, _with_input_grad_bwd)
 
 
 def diversity_loss(x_adv_1: jax.Array, x_adv_2: jax.Array, z1: jax.Array,
