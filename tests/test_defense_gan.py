@@ -256,6 +256,34 @@ def test_gradient_penalty_matches_a_hand_computation():
     assert abs(image - height) > 0.1
 
 
+def test_critic_score_and_its_penalty_gradient_equal_the_flax_critic_in_float64(tmp_path):
+    """WGANGP.score (im2col convolutions on CPU) is critic.apply: values, input gradients
+    and the penalty's parameter gradient (a gradient differentiated again), float64."""
+    with jax.enable_x64(True):
+        gan = dataclasses.replace(defense_gan.wgan_gp(tiny_config(tmp_path, "defense_gan"), 1),
+                                  critic=wgan.WGANCritic(widths=(3, 4, 5)))
+        k = jax.random.split(jax.random.key(19), 4)
+        real, fake = (jax.random.uniform(key, (2, 28, 28, 1), jnp.float64) for key in k[:2])
+        params = jax.tree.map(lambda p: p.astype(jnp.float64),
+                              gan.critic.init(k[2], real)["params"])
+        alpha = jax.random.uniform(k[3], (2,), jnp.float64)
+        flax_fn = lambda p, x: gan.critic.apply({"params": p}, x)
+        for fn in (gan.score, flax_fn):
+            assert fn(params, real).dtype == jnp.float64
+
+        def penalty_grad(fn):
+            return jax.grad(lambda p: defense_gan.gradient_penalty(
+                lambda x: fn(p, x), real, fake, alpha))(params)
+
+        np.testing.assert_allclose(gan.score(params, real), flax_fn(params, real), rtol=1e-12)
+        input_grad = jax.grad(lambda fn, x: fn(params, x).sum(), argnums=1)
+        np.testing.assert_allclose(input_grad(gan.score, real), input_grad(flax_fn, real),
+                                   rtol=1e-10, atol=1e-14)
+        chex.assert_trees_all_close(penalty_grad(gan.score), penalty_grad(flax_fn),
+                                    rtol=1e-10, atol=1e-14)
+        assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(penalty_grad(flax_fn))) > 0
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(config, method, initial state, a batch) of defense_gan with narrow networks."""
