@@ -149,8 +149,15 @@ def test_pgd_at_trains_on_the_loss_train_attack_names(tmp_path):
         x_adv = attacks.pgd(net.classifier(state, a.batch_norm), x, y, attack_rng, eps=a.eps,
                             step_size=a.step_size, steps=a.steps, loss=loss)
         by_loss[loss] = net.sgd_step(state, x_adv, y, step_rng)[0]
-    for got, want in zip(jax.tree.leaves(trained.params),
-                         jax.tree.leaves(by_loss["margin"].params), strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    assert not all(np.allclose(g, w) for g, w in zip(
-        jax.tree.leaves(trained.params), jax.tree.leaves(by_loss["ce"].params), strict=True))
+
+    def distance_in_steps(loss):
+        """Per leaf, how far the trained parameters are from the `loss` step, in units of
+        that step's size (round-off in the jitted step is far below one)."""
+        leaves = [jax.tree.leaves(p) for p in (trained.params, by_loss[loss].params,
+                                                 state.params)]
+        return np.array([np.linalg.norm(np.subtract(got, want, dtype=np.float64))
+                         / max(np.linalg.norm(np.subtract(want, start, dtype=np.float64)), 1e-12)
+                         for got, want, start in zip(*leaves, strict=True)])
+
+    assert distance_in_steps("margin").max() < 0.05
+    assert distance_in_steps("ce").max() > 0.3
