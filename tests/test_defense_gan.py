@@ -203,6 +203,7 @@ def test_fixed_starts_make_the_defense_deterministic_and_known_to_the_attacker()
         np.testing.assert_allclose(fixed.logits(x, key),
                                    _classifier().logits(known.reconstruction), atol=1e-6)
     np.testing.assert_array_equal(fixed.logits(x), fixed.logits(x, keys[0]))
+    assert "optimization_barrier" in jax.jit(fixed.logits).lower(x).as_text()  # not a constant
 
     def input_grad(clf, key):
         return common.loss_and_input_grad(clf, common.cross_entropy, x, y, key)[1]

@@ -149,7 +149,10 @@ class ProjectionFrontEnd:
 
     def __call__(self, variables, x, rng=None):
         if self.starts == "fixed":
-            rng = jax.random.key(FIXED_STARTS_SEED)
+            # Behind a barrier the starts are computed at run time, as drawn ones are: with
+            # the key a compile-time constant, XLA:CPU's compile of every white-box column in
+            # one jit crashed in LLVM (docs/defense_gan.md).
+            rng = jax.lax.optimization_barrier(jax.random.key(FIXED_STARTS_SEED))
         elif rng is None:
             raise ValueError("the Defense-GAN projection draws its random starts from the "
                              "classifier's rng: pass one")
