@@ -14,7 +14,7 @@ AttackFn = Callable  # (classifier, x, y, rng) -> x_adv
 
 
 def map_batches(fn, tree, x, y, *, batch_size: int, rng, value_range=None, mesh=None,
-                progress: bool = False):
+                progress: bool = False, desc: str = "eval"):
     """Per-example outputs of the jitted `fn(tree, x_batch, y_batch, key)` over (x, y).
 
     Batches are padded to one shape (`data.eval_batches`), so fn compiles once; only the
@@ -37,7 +37,7 @@ def map_batches(fn, tree, x, y, *, batch_size: int, rng, value_range=None, mesh=
         tree = parallel.replicate(tree, mesh)
     outputs = []
     batches = tqdm(data.eval_batches(x, y, batch_size), total=-(-len(x) // batch_size),
-                   disable=not progress, desc="eval", unit="batch")
+                   disable=not progress, desc=desc, unit="batch")
     for i, (xb, yb, mask) in enumerate(batches):
         if value_range is not None:
             xb = data.scale(xb, value_range)

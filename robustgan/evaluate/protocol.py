@@ -85,6 +85,8 @@ def accuracy_under_attacks(
     their examples from `craft_transfer_examples` with the same x, y, batch_size and rng
     (crafted here when None). Batches are padded to one shape and masked, and sharded
     over the mesh; the classifier sees batch i with key fold_in(rng, i) in every column.
+    Each white-box column compiles on its own: one program holding every column through
+    Defense-GAN's unrolled projection crashed XLA:CPU's compiler (docs/defense_gan.md).
     """
     sources = sources or {}
     missing = {c.source for c in columns.values() if c.source} - set(sources)
@@ -100,14 +102,20 @@ def accuracy_under_attacks(
                                           progress=progress, **batching)
     white_box = {name: c for name, c in columns.items() if c.source is None}
 
-    @jax.jit
-    def correct(clf, xb, yb, key):
-        return {name: clf.logits(xb if c.attack is None else c.attack(
-            clf, xb, yb, _column_key(key, columns, name)), key).argmax(-1) == yb
-            for name, c in white_box.items()}
+    def correct_in(name: str):
+        attack = white_box[name].attack
 
-    per_example = map_batches(correct, classifier, x, y, value_range=value_range,
-                              progress=progress, **batching) if white_box else {}
+        @jax.jit
+        def correct(clf, xb, yb, key):
+            x_in = xb if attack is None else attack(clf, xb, yb, _column_key(key, columns, name))
+            return clf.logits(x_in, key).argmax(-1) == yb
+
+        return correct
+
+    per_example = {name: map_batches(correct_in(name), classifier, x, y,
+                                     value_range=value_range, progress=progress,
+                                     desc=f"eval {name}", **batching)
+                   for name in white_box}
     for name in columns:
         if name not in white_box:
             per_example[name] = map_batches(blackbox.predict_batch, classifier, crafted[name],
