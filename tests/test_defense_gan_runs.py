@@ -165,15 +165,42 @@ def test_the_layouts_share_one_workdir_under_their_own_output_names():
     assert runs_of == {"defense_gan_cpu_seed0", "standard_a_cpu_seed0"}
 
 
+def test_table4_holds_the_papers_rows_on_table1s_runs_with_the_papers_numbers():
+    """Table 4's Defense-GAN-Rec, MagNet and Adv. Tr. rows train the same runs as Table
+    1's (one workdir trains each once), and the paper's model-A numbers sit under their
+    columns (clean, FGSM, RAND+FGSM, C&W-L2)."""
+    table4, table1 = (recipes.get_config("mnist", name, "configs/mnist.py").table
+                      for name in ("defense_gan_table4_cpu", "defense_gan_table1_cpu"))
+
+    def runs(t):
+        run_dirs = {"GAN": "/runs/GAN", "MagNet reformer": "/runs/MagNet reformer"}
+        return {row[0]: table.run_name(table.table_run_config(t, row, False, run_dirs), row[3])
+                for row in t.rows}
+
+    rows4, rows1 = runs(table4), runs(table1)
+    assert list(rows4) == ["GAN", "MagNet reformer", "No defense", "Defense-GAN-Rec",
+                           "Defense-GAN-Orig", "Defense-GAN-Orig, known starts", "MagNet",
+                           "Adv. Tr. eps=0.3"]
+    assert {name: rows1[name] for name in rows4 if name in rows1} == {
+        name: run for name, run in rows4.items() if name in rows1}
+    assert rows4["Defense-GAN-Rec"] != rows4["No defense"] == rows4["MagNet"]
+    paper = dict(table4.paper)
+    assert table4.attacks[:3] == recipe.TABLE4_ATTACKS
+    assert paper["Defense-GAN-Rec"] == (99.7, 98.8, 98.8, 98.9)
+    assert paper["Adv. Tr. eps=0.3"] == (99.7, 65.1, 77.4, 7.7)
+    assert set(paper) == {"No defense", "Defense-GAN-Rec", "MagNet", "Adv. Tr. eps=0.3"}
+
+
 def test_the_cpu_tables_sweep_l_and_r_over_one_classifier_run():
-    """Every defended row's config validates and resolves to the classifier run of 'No
-    defense' behind the GAN row's run."""
+    """Every row behind the projection (Defense-GAN-Orig, the L and R rows) validates and
+    resolves to the classifier run of 'No defense' behind the GAN row's run."""
     for name in ("defense_gan_table4_cpu", "defense_gan_lr_sweep_cpu"):
         config = recipes.get_config("mnist", name, "configs/mnist.py")
         t = config.table
         run_dirs = {"GAN": "/runs/gan"}
         names, settings = set(), set()
-        for row in t.rows[1:]:
+        swept = [row for row in t.rows if row[0].startswith(("Defense-GAN-Orig", "L="))]
+        for row in [row for row in t.rows if row[0] == "No defense"] + swept:
             run_config = table.table_run_config(t, row, False, run_dirs)
             names.add(table.run_name(run_config, row[3]))
             if run_config.front_end.run:
@@ -181,7 +208,7 @@ def test_the_cpu_tables_sweep_l_and_r_over_one_classifier_run():
                 p = run_config.defense_gan.projection
                 settings.add((p.steps, p.restarts, p.starts))
         assert names == {"standard_a_cpu_seed0"}
-        assert len(settings) == len(t.rows) - 2
+        assert len(settings) == len(swept) > 0
         if name == "defense_gan_table4_cpu":  # drawn starts, then starts the attacker knows
             assert settings == {(10, 2, "drawn"), (10, 2, "fixed")}
             assert {"apgd_ce", "bpda(apgd_ce)"} <= set(t.attacks)
@@ -199,8 +226,8 @@ def test_the_athalye_column_is_bpda_l2_pgd_within_their_mean_squared_distance():
     linear model (whose loss grows along the gradient to the ball's edge)."""
     config = recipes.get_config("mnist", "defense_gan_table4_cpu", "configs/mnist.py")
     assert recipe.ATHALYE_L2 in config.table.attacks
-    run_config = table.table_run_config(config.table, config.table.rows[2], False,
-                                        {"GAN": "/runs/gan"})
+    orig = next(row for row in config.table.rows if row[0] == "Defense-GAN-Orig")
+    run_config = table.table_run_config(config.table, orig, False, {"GAN": "/runs/gan"})
     column = protocol.white_box_columns(run_config.eval, (recipe.ATHALYE_L2,))["athalye_l2"]
     rng = np.random.default_rng(0)
     variables = {"w": jnp.asarray(rng.normal(size=(784, 10)), jnp.float32),

@@ -68,6 +68,7 @@ ADAPTIVE_ATTACKS = ("bpda(fgsm)", "bpda(pgd)", "eot(pgd, 4)", "apgd_ce", "bpda(a
 # whole test set).
 CPU_GAN_ITERATIONS = 1_000
 CPU_CLASSIFIER_STEPS = TRAIN_SIZE["mnist"] // BATCH_SIZE
+CLASSIFIER_A_CPU = "standard,defense_gan,a,cpu"  # every layout's classifier
 CPU_PROJECTION = {"defense_gan.projection.steps": 10, "defense_gan.projection.restarts": 2}
 CPU_TABLE4_EXAMPLES = 100
 CPU_SWEEP_L = (5, 10, 20)  # at R = 2 (Figure 3 left: R = 10)
@@ -114,6 +115,18 @@ PAPER_TABLE1_A = {
                    "Defense-GAN-Orig": 0.4616, "MagNet": 0.3311, "Adv. Tr. eps=0.3": 0.6945,
                    "Adv. Tr. eps=0.15": 0.5638},
     },
+}
+
+# Table 4, classifier A, as printed: No Attack, then each defense's accuracy under FGSM
+# eps 0.3, RAND+FGSM (alpha 0.05) and C&W-L2 (None: F-MNIST's C&W Defense-GAN-Rec entry
+# is not legible in the paper's text).
+PAPER_TABLE4_A = {
+    "mnist": {"No attack": 0.997, "No defense": (0.217, 0.179, 0.141),
+              "Defense-GAN-Rec": (0.988, 0.988, 0.989), "MagNet": (0.191, 0.171, 0.038),
+              "Adv. Tr. eps=0.3": (0.651, 0.774, 0.077)},
+    "fashion_mnist": {"No attack": 0.934, "No defense": (0.102, 0.102, 0.076),
+                      "Defense-GAN-Rec": (0.879, 0.888, None), "MagNet": (0.089, 0.096, 0.060),
+                      "Adv. Tr. eps=0.3": (0.797, 0.447, 0.157)},
 }
 
 
@@ -188,21 +201,30 @@ def fgsm_training(train_attack, *, eps: float) -> None:
 
 
 def table4_config(dataset: str, config_file: str) -> ml_collections.ConfigDict:
-    """Table 4's white-box layout for classifier A on the CPU recipes: No defense and
-    Defense-GAN-Orig (the same classifier run behind the GAN run's projection at
-    CPU_PROJECTION), Table 4's columns and the adaptive ones; then Defense-GAN-Orig with
-    fixed starts, which every attacker knows (the judged model is the attacked one)."""
-    classifier = "standard,defense_gan,a,cpu"
+    """Table 4's white-box layout for classifier A on the CPU recipes: the paper's rows
+    (`defended_rows`: No defense, Defense-GAN-Rec, MagNet, Adv. Tr. eps=0.3) and
+    Defense-GAN-Orig (the No defense run behind the GAN run's projection at
+    CPU_PROJECTION), then Defense-GAN-Orig with fixed starts, which every attacker knows
+    (the judged model is the attacked one); Table 4's columns and the adaptive ones. The
+    paper's numbers (model A) beside ours."""
     projected = {"front_end.run": "GAN", **CPU_PROJECTION}
+    known_starts = ("Defense-GAN-Orig, known starts", CLASSIFIER_A_CPU, 0,
+                    {**projected, "defense_gan.projection.starts": "fixed"})
+    rows = []
+    for row in defended_rows(projected, {}):
+        if row[0] != "Adv. Tr. eps=0.15":  # not in Table 4
+            rows.append(row)
+        if row[0] == "Defense-GAN-Orig":
+            rows.append(known_starts)
+    paper = PAPER_TABLE4_A.get(dataset, {})
     c = configlib.table_config(
         f"Defense-GAN Table 4 layout: {dataset}, classifier A, white box, eps 0.3 (CPU: "
         f"L={CPU_PROJECTION['defense_gan.projection.steps']}, "
         f"R={CPU_PROJECTION['defense_gan.projection.restarts']})", config_file,
-        rows=[("GAN", "defense_gan,cpu", 0), ("No defense", classifier, 0),
-              ("Defense-GAN-Orig", classifier, 0, projected),
-              ("Defense-GAN-Orig, known starts", classifier, 0,
-               {**projected, "defense_gan.projection.starts": "fixed"})],
-        surrogates=(), attacks=TABLE4_ATTACKS + ADAPTIVE_ATTACKS)
+        rows=rows, surrogates=(), attacks=TABLE4_ATTACKS + ADAPTIVE_ATTACKS,
+        paper={name: (round(100 * paper["No attack"], 2),
+                      *(None if v is None else round(100 * v, 2) for v in values))
+               for name, values in paper.items() if name != "No attack"})
     with c.unlocked():
         c.table.eval_num_examples = CPU_TABLE4_EXAMPLES
         c.table.output = "defense_gan_table4"
@@ -216,8 +238,8 @@ def lr_sweep_config(dataset: str, config_file: str) -> ml_collections.ConfigDict
     `_sweeps.png` draws Figure 3's curves: accuracy against L and against R."""
     settings = dict.fromkeys([(steps, 2) for steps in CPU_SWEEP_L]
                              + [(10, restarts) for restarts in CPU_SWEEP_R])
-    rows = [("GAN", "defense_gan,cpu", 0), ("No defense", "standard,defense_gan,a,cpu", 0)]
-    rows += [(f"L={steps}, R={restarts}", "standard,defense_gan,a,cpu", 0,
+    rows = [("GAN", "defense_gan,cpu", 0), ("No defense", CLASSIFIER_A_CPU, 0)]
+    rows += [(f"L={steps}, R={restarts}", CLASSIFIER_A_CPU, 0,
               {"front_end.run": "GAN", "defense_gan.projection.steps": steps,
                "defense_gan.projection.restarts": restarts})
              for steps, restarts in settings]
@@ -242,13 +264,31 @@ def detection_config(dataset: str, config_file: str) -> ml_collections.ConfigDic
         f"FGSM (CPU: L={CPU_PROJECTION['defense_gan.projection.steps']}, "
         f"R={CPU_PROJECTION['defense_gan.projection.restarts']})", config_file,
         rows=[("GAN", "defense_gan,cpu", 0),
-              ("Defense-GAN-Orig", "standard,defense_gan,a,cpu", 0,
+              ("Defense-GAN-Orig", CLASSIFIER_A_CPU, 0,
                {"front_end.run": "GAN", **CPU_PROJECTION})],
         surrogates=(), settings=dict(steps=CPU_SWEEP_L, restarts=CPU_SWEEP_R,
                                      eps=CPU_DETECTION_EPS, grid_images=CPU_GRID_IMAGES))
     with c.unlocked():
         c.table.eval_num_examples = CPU_SWEEP_EXAMPLES
     return c
+
+
+def defended_rows(projected: dict, evaluation: dict) -> list:
+    """The runs of Tables 1, 2 and 4 for classifier A on the CPU recipes, in the paper's
+    order: the GAN and the MagNet reformer (whose decoder starts from the GAN run's
+    generator), then the table rows No defense; Defense-GAN-Rec (trained on the GAN
+    run's reconstructions) and Defense-GAN-Orig (the No defense run behind the
+    projection), both with the `projected` overrides; MagNet (the No defense run behind
+    the reformer); Adv. Tr. at eps 0.3 and 0.15. `evaluation`: every row's
+    evaluation-only overrides (the layouts share the trained runs in one workdir)."""
+    return [("GAN", "defense_gan,cpu", 0),
+            ("MagNet reformer", "magnet,cpu", 0, {"init_from.run": "GAN"}),
+            ("No defense", CLASSIFIER_A_CPU, 0, evaluation),
+            ("Defense-GAN-Rec", CLASSIFIER_A_CPU, 0, {**projected, "front_end.train": True}),
+            ("Defense-GAN-Orig", CLASSIFIER_A_CPU, 0, projected),
+            ("MagNet", CLASSIFIER_A_CPU, 0, {"front_end.run": "MagNet reformer", **evaluation}),
+            ("Adv. Tr. eps=0.3", "pgd_at,defense_gan,a,fgsm,cpu", 0, evaluation),
+            ("Adv. Tr. eps=0.15", "pgd_at,defense_gan,a,fgsm,eps015,cpu", 0, evaluation)]
 
 
 def table1_config(dataset: str, config_file: str, substitute: str) -> ml_collections.ConfigDict:
@@ -265,22 +305,14 @@ def table1_config(dataset: str, config_file: str, substitute: str) -> ml_collect
     each TABLE3_EPS from the same substitute: Table 3's sweep. The paper's rows: its clean
     accuracy of classifier A (one number for every row), its Table 1 (2) accuracy, and for
     Defense-GAN-Rec with E its Table 3 (model F, L=400, R=10)."""
-    classifier = "standard,defense_gan,a,cpu"
     examples = SUBSTITUTE_SEED_SIZE + CPU_TABLE1_TEST_EXAMPLES
     black_box = {"eval.substitute": substitute,
                  "eval.substitute_seed_size": SUBSTITUTE_SEED_SIZE,
                  "eval.measure_examples": examples}
     if substitute == "dgan_e":  # Table 3 (its eps 0.3 is Table 1's column)
         black_box["eval.substitute_eps"] = TABLE3_EPS
-    projected = {"front_end.run": "GAN", **CPU_PROJECTION, **black_box}
-    rows = [("GAN", "defense_gan,cpu", 0),
-            ("MagNet reformer", "magnet,cpu", 0, {"init_from.run": "GAN"}),
-            ("No defense", classifier, 0, black_box),
-            ("Defense-GAN-Rec", classifier, 0, {**projected, "front_end.train": True}),
-            ("Defense-GAN-Orig", classifier, 0, projected),
-            ("MagNet", classifier, 0, {"front_end.run": "MagNet reformer", **black_box}),
-            ("Adv. Tr. eps=0.3", "pgd_at,defense_gan,a,fgsm,cpu", 0, black_box),
-            ("Adv. Tr. eps=0.15", "pgd_at,defense_gan,a,fgsm,eps015,cpu", 0, black_box)]
+    rows = defended_rows({"front_end.run": "GAN", **CPU_PROJECTION, **black_box},
+                         black_box)
     paper = PAPER_TABLE1_A.get(dataset, {}).get(substitute)
     table3 = PAPER_TABLE3_REC.get(dataset) if substitute == "dgan_e" else None
     c = configlib.table_config(
