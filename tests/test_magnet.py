@@ -185,10 +185,22 @@ ROWS = ["GAN", "MagNet reformer", "No defense", "Defense-GAN-Rec", "Defense-GAN-
         "Adv. Tr. eps=0.3", "Adv. Tr. eps=0.15"]
 
 
+def test_every_classifier_substitute_pair_of_the_paper_has_its_table1_layout():
+    for dataset in recipe.DATASETS:
+        layouts = {name: make() for name, make in
+                   recipe.tables(dataset, f"configs/{dataset}.py").items()
+                   if name.startswith("defense_gan_table1")}
+        assert {c.table.output for c in layouts.values()} == {
+            f"defense_gan_table1_{pair.replace('/', '')}" for pair in recipe.PAPER_TABLE1[dataset]}
+        assert len(layouts) == 8
+
+
 @pytest.mark.parametrize("dataset", recipe.DATASETS)
-@pytest.mark.parametrize("name,substitute", [("defense_gan_table1_cpu", "dgan_b"),
-                                             ("defense_gan_table1_e_cpu", "dgan_e")])
-def test_the_table1_layout_attacks_every_defense_from_one_substitute(dataset, name, substitute):
+@pytest.mark.parametrize("name,model,substitute", [("defense_gan_table1_cpu", "a", "b"),
+                                                   ("defense_gan_table1_e_cpu", "a", "e"),
+                                                   ("defense_gan_table1_c_e_cpu", "c", "e")])
+def test_the_table1_layout_attacks_every_defense_from_one_substitute(dataset, name, model,
+                                                                     substitute):
     t = recipes.get_config(dataset, name, f"configs/{dataset}.py").table
     assert [row[0] for row in t.rows] == ROWS and t.surrogates == () and t.attacks == ()
     run_dirs = {}
@@ -205,15 +217,15 @@ def test_the_table1_layout_attacks_every_defense_from_one_substitute(dataset, na
         e = c.eval
         # The substitute alone: through the projection the other measures cost far more.
         assert (e.measures, e.substitute, e.substitute_seed_size, e.substitute_rounds,
-                e.substitute_epochs, e.eps) == (False, substitute, 150, 6, 10, 0.3)
+                e.substitute_epochs, e.eps) == (False, f"dgan_{substitute}", 150, 6, 10, 0.3)
         assert e.num_examples == e.measure_examples == 150 + recipe.CPU_TABLE1_TEST_EXAMPLES
         # Substitute E also answers Table 3: FGSM at its smaller eps.
-        assert e.substitute_eps == (recipe.TABLE3_EPS if substitute == "dgan_e" else ())
-    # No defense, Defense-GAN-Orig and MagNet evaluate one classifier A run.
+        assert e.substitute_eps == (recipe.TABLE3_EPS if substitute == "e" else ())
+    # No defense, Defense-GAN-Orig and MagNet evaluate one classifier run.
     assert {rows[n][1] for n in ("No defense", "Defense-GAN-Orig", "MagNet")} == {
-        "standard_a_cpu_seed0"}
+        f"standard_{model}_cpu_seed0"}
     rec, orig = rows["Defense-GAN-Rec"][0], rows["Defense-GAN-Orig"][0]
-    assert rows["Defense-GAN-Rec"][1] != "standard_a_cpu_seed0"  # trained on reconstructions
+    assert rows["Defense-GAN-Rec"][1] != f"standard_{model}_cpu_seed0"  # on reconstructions
     assert (rec.front_end.run, rec.front_end.train) == ("/runs/GAN", True)
     assert (orig.front_end.run, orig.front_end.train) == ("/runs/GAN", False)
     for c in (rec, orig):
@@ -222,11 +234,12 @@ def test_the_table1_layout_attacks_every_defense_from_one_substitute(dataset, na
     for n, eps in (("Adv. Tr. eps=0.3", 0.3), ("Adv. Tr. eps=0.15", 0.15)):
         c = rows[n][0]
         assert (c.method, c.model.name, c.train_attack.eps, c.train_attack.steps) == (
-            "pgd_at", "dgan_a", eps, 1)
-    paper = recipe.PAPER_TABLE1_A[dataset][substitute]
-    assert dict(t.paper)["MagNet"] == (round(100 * paper["No attack"], 2), None,
-                                       round(100 * paper["MagNet"], 2))
-    assert [name for name, _ in t.paper] == ROWS[2:]
+            "pgd_at", f"dgan_{model}", eps, 1)
+    no_attack, *paper = recipe.PAPER_TABLE1[dataset][f"{model}/{substitute}"]
+    assert dict(t.paper)["MagNet"] == (round(100 * no_attack, 2), None, round(100 * paper[3], 2))
+    assert [name for name, _ in t.paper] == ROWS[2:] == list(recipe.TABLE1_DEFENSES)
+    if (dataset, model, substitute) == ("mnist", "a", "b"):  # Table 1's A/B, as printed
+        assert [dict(t.paper)[n][2] for n in ROWS[2:]] == [63.43, 93.12, 92.82, 69.37, 96.54,
+                                                           62.23]
     table3 = [round(100 * v, 2) for v in recipe.PAPER_TABLE3_REC[dataset]]
-    assert dict(t.paper)["Defense-GAN-Rec"][3:] == (tuple(table3) if substitute == "dgan_e"
-                                                    else ())
+    assert dict(t.paper)["Defense-GAN-Rec"][3:] == (tuple(table3) if substitute == "e" else ())

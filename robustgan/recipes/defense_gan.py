@@ -32,6 +32,7 @@ the authors' code (blackbox.py: CleverHans model_train with predictions_adv, the
 
 from __future__ import annotations
 
+import functools
 import math
 
 import ml_collections
@@ -96,24 +97,31 @@ CPU_TABLE1_TEST_EXAMPLES = 350
 TABLE3_EPS = (0.1, 0.15, 0.2, 0.25)
 PAPER_TABLE3_REC = {"mnist": (0.9864, 0.9836, 0.9772, 0.9641),
                     "fashion_mnist": (0.8844, 0.8267, 0.7492, 0.6384)}
-# Tables 1 (MNIST) and 2 (F-MNIST), classifier A, as printed: No Attack, then each
-# defense's accuracy under FGSM eps 0.3 from substitute B or E.
-PAPER_TABLE1_A = {
+# Tables 1 (MNIST) and 2 (F-MNIST), as printed: for each classifier/substitute pair, No
+# Attack, then each of TABLE1_DEFENSES' accuracy under FGSM eps 0.3 from the substitute.
+TABLE1_DEFENSES = ("No defense", "Defense-GAN-Rec", "Defense-GAN-Orig", "MagNet",
+                   "Adv. Tr. eps=0.3", "Adv. Tr. eps=0.15")
+SUBSTITUTES = ("b", "e")  # Tables 1 and 2 (Table 5's models)
+PAPER_TABLE1 = {
     "mnist": {
-        "dgan_b": {"No attack": 0.9970, "No defense": 0.6343, "Defense-GAN-Rec": 0.9312,
-                   "Defense-GAN-Orig": 0.9282, "MagNet": 0.6937, "Adv. Tr. eps=0.3": 0.9654,
-                   "Adv. Tr. eps=0.15": 0.6223},
-        "dgan_e": {"No attack": 0.9970, "No defense": 0.5432, "Defense-GAN-Rec": 0.9139,
-                   "Defense-GAN-Orig": 0.9221, "MagNet": 0.6710, "Adv. Tr. eps=0.3": 0.9668,
-                   "Adv. Tr. eps=0.15": 0.9327},
+        "a/b": (0.9970, 0.6343, 0.9312, 0.9282, 0.6937, 0.9654, 0.6223),
+        "a/e": (0.9970, 0.5432, 0.9139, 0.9221, 0.6710, 0.9668, 0.9327),
+        "b/b": (0.9618, 0.2816, 0.9057, 0.9105, 0.5687, 0.2092, 0.3441),
+        "b/e": (0.9618, 0.2128, 0.8841, 0.8892, 0.4627, 0.1120, 0.3354),
+        "c/b": (0.9959, 0.6648, 0.9357, 0.9322, 0.7571, 0.9834, 0.9208),
+        "c/e": (0.9959, 0.8050, 0.9223, 0.9182, 0.6760, 0.9843, 0.9755),
+        "d/b": (0.9920, 0.4641, 0.9272, 0.9323, 0.6817, 0.7667, 0.8514),
+        "d/e": (0.9920, 0.3931, 0.9164, 0.9155, 0.6073, 0.7676, 0.7129),
     },
     "fashion_mnist": {
-        "dgan_b": {"No attack": 0.9346, "No defense": 0.5131, "Defense-GAN-Rec": 0.586,
-                   "Defense-GAN-Orig": 0.5803, "MagNet": 0.5404, "Adv. Tr. eps=0.3": 0.7393,
-                   "Adv. Tr. eps=0.15": 0.6600},
-        "dgan_e": {"No attack": 0.9346, "No defense": 0.3653, "Defense-GAN-Rec": 0.4790,
-                   "Defense-GAN-Orig": 0.4616, "MagNet": 0.3311, "Adv. Tr. eps=0.3": 0.6945,
-                   "Adv. Tr. eps=0.15": 0.5638},
+        "a/b": (0.9346, 0.5131, 0.586, 0.5803, 0.5404, 0.7393, 0.6600),
+        "a/e": (0.9346, 0.3653, 0.4790, 0.4616, 0.3311, 0.6945, 0.5638),
+        "b/b": (0.7470, 0.4017, 0.4940, 0.5530, 0.3812, 0.3177, 0.3560),
+        "b/e": (0.7470, 0.3123, 0.3720, 0.4187, 0.3119, 0.2617, 0.2453),
+        "c/b": (0.9334, 0.2635, 0.5289, 0.6079, 0.4664, 0.7791, 0.6838),
+        "c/e": (0.9334, 0.2066, 0.4871, 0.4625, 0.3016, 0.7504, 0.6655),
+        "d/b": (0.8923, 0.4541, 0.5779, 0.5853, 0.5478, 0.6172, 0.6395),
+        "d/e": (0.8923, 0.2543, 0.4007, 0.4730, 0.3396, 0.5093, 0.4962),
     },
 }
 
@@ -211,12 +219,12 @@ def table4_config(dataset: str, config_file: str) -> ml_collections.ConfigDict:
     known_starts = ("Defense-GAN-Orig, known starts", CLASSIFIER_A_CPU, 0,
                     {**projected, "defense_gan.projection.starts": "fixed"})
     rows = []
-    for row in defended_rows(projected, {}):
+    for row in defended_rows("a", projected, {}):
         if row[0] != "Adv. Tr. eps=0.15":  # not in Table 4
             rows.append(row)
         if row[0] == "Defense-GAN-Orig":
             rows.append(known_starts)
-    paper = PAPER_TABLE4_A.get(dataset, {})
+    paper = PAPER_TABLE4_A[dataset]
     c = configlib.table_config(
         f"Defense-GAN Table 4 layout: {dataset}, classifier A, white box, eps 0.3 (CPU: "
         f"L={CPU_PROJECTION['defense_gan.projection.steps']}, "
@@ -273,70 +281,77 @@ def detection_config(dataset: str, config_file: str) -> ml_collections.ConfigDic
     return c
 
 
-def defended_rows(projected: dict, evaluation: dict) -> list:
-    """The runs of Tables 1, 2 and 4 for classifier A on the CPU recipes, in the paper's
+def defended_rows(model: str, projected: dict, evaluation: dict) -> list:
+    """The runs of Tables 1, 2 and 4 for classifier `model` on the CPU recipes, in the paper's
     order: the GAN and the MagNet reformer (whose decoder starts from the GAN run's
     generator), then the table rows No defense; Defense-GAN-Rec (trained on the GAN
     run's reconstructions) and Defense-GAN-Orig (the No defense run behind the
     projection), both with the `projected` overrides; MagNet (the No defense run behind
     the reformer); Adv. Tr. at eps 0.3 and 0.15. `evaluation`: every row's
     evaluation-only overrides (the layouts share the trained runs in one workdir)."""
+    classifier = f"standard,defense_gan,{model},cpu"
     return [("GAN", "defense_gan,cpu", 0),
             ("MagNet reformer", "magnet,cpu", 0, {"init_from.run": "GAN"}),
-            ("No defense", CLASSIFIER_A_CPU, 0, evaluation),
-            ("Defense-GAN-Rec", CLASSIFIER_A_CPU, 0, {**projected, "front_end.train": True}),
-            ("Defense-GAN-Orig", CLASSIFIER_A_CPU, 0, projected),
-            ("MagNet", CLASSIFIER_A_CPU, 0, {"front_end.run": "MagNet reformer", **evaluation}),
-            ("Adv. Tr. eps=0.3", "pgd_at,defense_gan,a,fgsm,cpu", 0, evaluation),
-            ("Adv. Tr. eps=0.15", "pgd_at,defense_gan,a,fgsm,eps015,cpu", 0, evaluation)]
+            ("No defense", classifier, 0, evaluation),
+            ("Defense-GAN-Rec", classifier, 0, {**projected, "front_end.train": True}),
+            ("Defense-GAN-Orig", classifier, 0, projected),
+            ("MagNet", classifier, 0, {"front_end.run": "MagNet reformer", **evaluation}),
+            ("Adv. Tr. eps=0.3", f"pgd_at,defense_gan,{model},fgsm,cpu", 0, evaluation),
+            ("Adv. Tr. eps=0.15", f"pgd_at,defense_gan,{model},fgsm,eps015,cpu", 0, evaluation)]
 
 
-def table1_config(dataset: str, config_file: str, substitute: str) -> ml_collections.ConfigDict:
-    """Table 1's black-box layout (Table 2's on F-MNIST) for classifier A on the CPU
-    recipes: No defense; Defense-GAN-Rec (trained on the GAN run's reconstructions) and
-    Defense-GAN-Orig (the No defense run behind the projection), both at CPU_PROJECTION;
-    MagNet (the No defense run behind the magnet run's reformer, whose decoder starts from
-    the GAN run's generator); Adv. Tr. at eps 0.3 and 0.15. Each row: clean accuracy ('No
-    noise') on the first SUBSTITUTE_SEED_SIZE + CPU_TABLE1_TEST_EXAMPLES test images, and
-    ('substitute FGS') the accuracy under FGSM eps 0.3 crafted on `substitute`, a Table 5
-    model trained by Papernot et al.'s procedure against the defended classifier as oracle
-    (config.eval.substitute: seeded with the first SUBSTITUTE_SEED_SIZE of those images,
-    tested on the rest; 6 rounds, lambda 0.1, 10 epochs). With substitute E, also FGSM at
-    each TABLE3_EPS from the same substitute: Table 3's sweep. The paper's rows: its clean
-    accuracy of classifier A (one number for every row), its Table 1 (2) accuracy, and for
-    Defense-GAN-Rec with E its Table 3 (model F, L=400, R=10)."""
+def table1_config(dataset: str, config_file: str, model: str,
+                  substitute: str) -> ml_collections.ConfigDict:
+    """Table 1's black-box layout (Table 2's on F-MNIST) for classifier `model` (Table 5's
+    A-D) on the CPU recipes, `defended_rows`: No defense; Defense-GAN-Rec and
+    Defense-GAN-Orig at CPU_PROJECTION; MagNet; Adv. Tr. at eps 0.3 and 0.15. Each row:
+    clean accuracy ('No noise') on the first SUBSTITUTE_SEED_SIZE + CPU_TABLE1_TEST_EXAMPLES
+    test images, and ('substitute FGS') the accuracy under FGSM eps 0.3 crafted on
+    `substitute` (SUBSTITUTES: Table 5's B or E), trained by Papernot et al.'s procedure
+    against the defended classifier as oracle (config.eval.substitute: seeded with the
+    first SUBSTITUTE_SEED_SIZE of those images, tested on the rest; 6 rounds, lambda 0.1,
+    10 epochs). With substitute E, also FGSM at each TABLE3_EPS from the same substitute:
+    Table 3's sweep. The paper's rows: its clean accuracy of the classifier (one number for
+    every row), its Table 1 (2) accuracy for the pair, and for Defense-GAN-Rec with E its
+    Table 3 (model F, L=400, R=10)."""
     examples = SUBSTITUTE_SEED_SIZE + CPU_TABLE1_TEST_EXAMPLES
-    black_box = {"eval.substitute": substitute,
+    black_box = {"eval.substitute": f"dgan_{substitute}",
                  "eval.substitute_seed_size": SUBSTITUTE_SEED_SIZE,
                  "eval.measure_examples": examples}
-    if substitute == "dgan_e":  # Table 3 (its eps 0.3 is Table 1's column)
+    if substitute == "e":  # Table 3 (its eps 0.3 is Table 1's column)
         black_box["eval.substitute_eps"] = TABLE3_EPS
-    rows = defended_rows({"front_end.run": "GAN", **CPU_PROJECTION, **black_box},
+    rows = defended_rows(model, {"front_end.run": "GAN", **CPU_PROJECTION, **black_box},
                          black_box)
-    paper = PAPER_TABLE1_A.get(dataset, {}).get(substitute)
-    table3 = PAPER_TABLE3_REC.get(dataset) if substitute == "dgan_e" else None
+    no_attack, *paper = PAPER_TABLE1[dataset][f"{model}/{substitute}"]
+    table3 = PAPER_TABLE3_REC[dataset] if substitute == "e" else ()
     c = configlib.table_config(
         f"Defense-GAN Table {2 if dataset == 'fashion_mnist' else 1} layout: {dataset}, "
-        f"classifier A, substitute {substitute.removeprefix('dgan_').upper()}, black-box "
+        f"classifier {model.upper()}, substitute {substitute.upper()}, black-box "
         f"FGSM eps 0.3 (CPU: L={CPU_PROJECTION['defense_gan.projection.steps']}, "
         f"R={CPU_PROJECTION['defense_gan.projection.restarts']}; substitute seeded with "
         f"{SUBSTITUTE_SEED_SIZE} test images, tested on {CPU_TABLE1_TEST_EXAMPLES})",
         config_file, rows=rows, surrogates=(), attacks=(),
-        paper={name: (round(100 * paper["No attack"], 2), None, round(100 * value, 2),
-                      *(round(100 * v, 2) for v in table3 or () if name == "Defense-GAN-Rec"))
-               for name, value in paper.items() if name != "No attack"} if paper else None)
+        paper={name: (round(100 * no_attack, 2), None, round(100 * value, 2),
+                      *(round(100 * v, 2) for v in table3 if name == "Defense-GAN-Rec"))
+               for name, value in zip(TABLE1_DEFENSES, paper, strict=True)})
     with c.unlocked():
         c.table.eval_num_examples = examples
-        c.table.output = f"defense_gan_table1_{substitute}"
+        c.table.output = f"defense_gan_table1_{model}{substitute}"
     return c
 
 
 def tables(dataset: str, config_file: str) -> dict:
-    """{arg: () -> table config} that `configs/<dataset>.py:<arg>` offers."""
+    """{arg: () -> table config} that `configs/<dataset>.py:<arg>` offers. Table 1's (2's)
+    layouts: `defense_gan_table1[_<classifier>][_e]_cpu`, classifier A and substitute B
+    unless named."""
     if dataset not in DATASETS:
         return {}
-    return {"defense_gan_table1_cpu": lambda: table1_config(dataset, config_file, "dgan_b"),
-            "defense_gan_table1_e_cpu": lambda: table1_config(dataset, config_file, "dgan_e"),
-            "defense_gan_table4_cpu": lambda: table4_config(dataset, config_file),
-            "defense_gan_lr_sweep_cpu": lambda: lr_sweep_config(dataset, config_file),
-            "defense_gan_detection_cpu": lambda: detection_config(dataset, config_file)}
+    layouts = {
+        f"defense_gan_table1{'' if model == 'a' else '_' + model}"
+        f"{'' if substitute == 'b' else '_' + substitute}_cpu":
+            functools.partial(table1_config, dataset, config_file, model, substitute)
+        for model in CLASSIFIERS for substitute in SUBSTITUTES}
+    return layouts | {
+        "defense_gan_table4_cpu": lambda: table4_config(dataset, config_file),
+        "defense_gan_lr_sweep_cpu": lambda: lr_sweep_config(dataset, config_file),
+        "defense_gan_detection_cpu": lambda: detection_config(dataset, config_file)}
