@@ -69,7 +69,6 @@ ADAPTIVE_ATTACKS = ("bpda(fgsm)", "bpda(pgd)", "eot(pgd, 4)", "apgd_ce", "bpda(a
 # whole test set).
 CPU_GAN_ITERATIONS = 1_000
 CPU_CLASSIFIER_STEPS = TRAIN_SIZE["mnist"] // BATCH_SIZE
-CLASSIFIER_A_CPU = "standard,defense_gan,a,cpu"  # every layout's classifier
 CPU_PROJECTION = {"defense_gan.projection.steps": 10, "defense_gan.projection.restarts": 2}
 CPU_TABLE4_EXAMPLES = 100
 CPU_SWEEP_L = (5, 10, 20)  # at R = 2 (Figure 3 left: R = 10)
@@ -129,12 +128,13 @@ PAPER_TABLE1 = {
 # eps 0.3, RAND+FGSM (alpha 0.05) and C&W-L2 (None: F-MNIST's C&W Defense-GAN-Rec entry
 # is not legible in the paper's text).
 PAPER_TABLE4_A = {
-    "mnist": {"No attack": 0.997, "No defense": (0.217, 0.179, 0.141),
-              "Defense-GAN-Rec": (0.988, 0.988, 0.989), "MagNet": (0.191, 0.171, 0.038),
-              "Adv. Tr. eps=0.3": (0.651, 0.774, 0.077)},
-    "fashion_mnist": {"No attack": 0.934, "No defense": (0.102, 0.102, 0.076),
-                      "Defense-GAN-Rec": (0.879, 0.888, None), "MagNet": (0.089, 0.096, 0.060),
-                      "Adv. Tr. eps=0.3": (0.797, 0.447, 0.157)},
+    "mnist": (0.997, {"No defense": (0.217, 0.179, 0.141),
+                      "Defense-GAN-Rec": (0.988, 0.988, 0.989),
+                      "MagNet": (0.191, 0.171, 0.038), "Adv. Tr. eps=0.3": (0.651, 0.774, 0.077)}),
+    "fashion_mnist": (0.934, {"No defense": (0.102, 0.102, 0.076),
+                              "Defense-GAN-Rec": (0.879, 0.888, None),
+                              "MagNet": (0.089, 0.096, 0.060),
+                              "Adv. Tr. eps=0.3": (0.797, 0.447, 0.157)}),
 }
 
 
@@ -208,6 +208,16 @@ def fgsm_training(train_attack, *, eps: float) -> None:
     train_attack.eps_ramp_steps = 0
 
 
+def classifier_arg(model: str) -> str:
+    """The config argument of Table 5's classifier `model` on the CPU recipe."""
+    return f"standard,defense_gan,{model},cpu"
+
+
+def percent(values) -> tuple:
+    """The paper's accuracies as the tables print them (None: not in the paper)."""
+    return tuple(None if v is None else round(100 * v, 2) for v in values)
+
+
 def table4_config(dataset: str, config_file: str) -> ml_collections.ConfigDict:
     """Table 4's white-box layout for classifier A on the CPU recipes: the paper's rows
     (`defended_rows`: No defense, Defense-GAN-Rec, MagNet, Adv. Tr. eps=0.3) and
@@ -216,7 +226,7 @@ def table4_config(dataset: str, config_file: str) -> ml_collections.ConfigDict:
     (the judged model is the attacked one); Table 4's columns and the adaptive ones. The
     paper's numbers (model A) beside ours."""
     projected = {"front_end.run": "GAN", **CPU_PROJECTION}
-    known_starts = ("Defense-GAN-Orig, known starts", CLASSIFIER_A_CPU, 0,
+    known_starts = ("Defense-GAN-Orig, known starts", classifier_arg("a"), 0,
                     {**projected, "defense_gan.projection.starts": "fixed"})
     rows = []
     for row in defended_rows("a", projected, {}):
@@ -224,15 +234,13 @@ def table4_config(dataset: str, config_file: str) -> ml_collections.ConfigDict:
             rows.append(row)
         if row[0] == "Defense-GAN-Orig":
             rows.append(known_starts)
-    paper = PAPER_TABLE4_A[dataset]
+    no_attack, paper = PAPER_TABLE4_A[dataset]
     c = configlib.table_config(
         f"Defense-GAN Table 4 layout: {dataset}, classifier A, white box, eps 0.3 (CPU: "
         f"L={CPU_PROJECTION['defense_gan.projection.steps']}, "
         f"R={CPU_PROJECTION['defense_gan.projection.restarts']})", config_file,
         rows=rows, surrogates=(), attacks=TABLE4_ATTACKS + ADAPTIVE_ATTACKS,
-        paper={name: (round(100 * paper["No attack"], 2),
-                      *(None if v is None else round(100 * v, 2) for v in values))
-               for name, values in paper.items() if name != "No attack"})
+        paper={name: percent((no_attack, *values)) for name, values in paper.items()})
     with c.unlocked():
         c.table.eval_num_examples = CPU_TABLE4_EXAMPLES
         c.table.output = "defense_gan_table4"
@@ -246,8 +254,8 @@ def lr_sweep_config(dataset: str, config_file: str) -> ml_collections.ConfigDict
     `_sweeps.png` draws Figure 3's curves: accuracy against L and against R."""
     settings = dict.fromkeys([(steps, 2) for steps in CPU_SWEEP_L]
                              + [(10, restarts) for restarts in CPU_SWEEP_R])
-    rows = [("GAN", "defense_gan,cpu", 0), ("No defense", CLASSIFIER_A_CPU, 0)]
-    rows += [(f"L={steps}, R={restarts}", CLASSIFIER_A_CPU, 0,
+    rows = [("GAN", "defense_gan,cpu", 0), ("No defense", classifier_arg("a"), 0)]
+    rows += [(f"L={steps}, R={restarts}", classifier_arg("a"), 0,
               {"front_end.run": "GAN", "defense_gan.projection.steps": steps,
                "defense_gan.projection.restarts": restarts})
              for steps, restarts in settings]
@@ -272,7 +280,7 @@ def detection_config(dataset: str, config_file: str) -> ml_collections.ConfigDic
         f"FGSM (CPU: L={CPU_PROJECTION['defense_gan.projection.steps']}, "
         f"R={CPU_PROJECTION['defense_gan.projection.restarts']})", config_file,
         rows=[("GAN", "defense_gan,cpu", 0),
-              ("Defense-GAN-Orig", CLASSIFIER_A_CPU, 0,
+              ("Defense-GAN-Orig", classifier_arg("a"), 0,
                {"front_end.run": "GAN", **CPU_PROJECTION})],
         surrogates=(), settings=dict(steps=CPU_SWEEP_L, restarts=CPU_SWEEP_R,
                                      eps=CPU_DETECTION_EPS, grid_images=CPU_GRID_IMAGES))
@@ -289,7 +297,7 @@ def defended_rows(model: str, projected: dict, evaluation: dict) -> list:
     projection), both with the `projected` overrides; MagNet (the No defense run behind
     the reformer); Adv. Tr. at eps 0.3 and 0.15. `evaluation`: every row's
     evaluation-only overrides (the layouts share the trained runs in one workdir)."""
-    classifier = f"standard,defense_gan,{model},cpu"
+    classifier = classifier_arg(model)
     return [("GAN", "defense_gan,cpu", 0),
             ("MagNet reformer", "magnet,cpu", 0, {"init_from.run": "GAN"}),
             ("No defense", classifier, 0, evaluation),
@@ -331,8 +339,8 @@ def table1_config(dataset: str, config_file: str, model: str,
         f"R={CPU_PROJECTION['defense_gan.projection.restarts']}; substitute seeded with "
         f"{SUBSTITUTE_SEED_SIZE} test images, tested on {CPU_TABLE1_TEST_EXAMPLES})",
         config_file, rows=rows, surrogates=(), attacks=(),
-        paper={name: (round(100 * no_attack, 2), None, round(100 * value, 2),
-                      *(round(100 * v, 2) for v in table3 if name == "Defense-GAN-Rec"))
+        paper={name: percent((no_attack, None, value,
+                              *(table3 if name == "Defense-GAN-Rec" else ())))
                for name, value in zip(TABLE1_DEFENSES, paper, strict=True)})
     with c.unlocked():
         c.table.eval_num_examples = examples
